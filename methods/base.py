@@ -1,0 +1,99 @@
+"""The contract between a method and the shared trainer (harness/train.py).
+
+A method is a small `nn.Module`. The trainer owns data, optimizer, schedule, budget, checkpoints and
+devices; the method owns its encoders, heads, banks/queues and loss. Banks and queues are registered
+as *persistent* buffers so a checkpoint (`state_dict()`) holds them. Momentum updates and enqueues
+happen explicitly inside `training_step`, after the loss is computed, never inside `forward`.
+
+Call order, per run:
+    method = create_method(name, method_config, MethodContext(...))
+    method.to(device); optimizer over method.parameters()   (params with grad None are skipped)
+    method.on_train_start(ctx, start_step)    # also called after a resume, with the resumed step
+    for step in range(start_step, total_steps):
+        loss, logs = method.training_step(batch, step)
+        loss.backward(); optimizer.step(); optimizer.zero_grad(set_to_none=True)
+        method.on_step_end(ctx, step)         # phase switches, schedules: after the optimizer step
+    descriptors = method.describe(images, role)   # under torch.no_grad(), in eval mode
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+Role = Literal["query", "reference"]
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config dataclass (fields specific to that method)."""
+
+
+@dataclass
+class MethodContext:
+    """What the shared protocol fixes for every method (identical across methods)."""
+
+    backbone: str = "resnet18"  # any timm model name; built with pretrained=False, num_classes=0
+    embedding_dim: int = 128  # descriptor dimension (<= 256 for the ISC descriptor track)
+    image_size: int = 64
+    num_train_images: int = 0  # size of the training set (membank slots, QK negatives)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    world_size: int = 1
+    rank: int = 0
+
+
+@dataclass
+class TrainBatch:
+    """One training batch as the trainer delivers it (already on the device)."""
+
+    views: list[torch.Tensor]  # augmented views of the same images, each (B, C, H, W)
+    indices: torch.Tensor  # (B,) int64 positions in the training set
+    clean: torch.Tensor | None = None  # (B, C, H, W) the images with the evaluation transform only
+
+
+@dataclass
+class TrainContext:
+    """Services the trainer offers to methods at hook time."""
+
+    # Runs `fn` on every training image (batched, no grad, eval-mode transform for "clean", the
+    # training preset's first view for "augmented"), returns the outputs stacked in index order.
+    encode_training_set: Callable[..., torch.Tensor]
+    total_steps: int
+    progress: bool = True
+
+
+class Method(nn.Module):
+    """Thin base class; see the module docstring for the contract."""
+
+    name: ClassVar[str] = "?"
+
+    def __init__(self, config: MethodConfig, context: MethodContext):
+        super().__init__()
+        self.config = config
+        self.context = context
+
+    def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def on_train_start(self, ctx: TrainContext, step: int) -> None:
+        """Called before the first step and again after resuming at `step`."""
+
+    def on_step_end(self, ctx: TrainContext, step: int) -> None:
+        """Called after the optimizer step of `step`."""
+
+    @torch.no_grad()
+    def describe(self, images: torch.Tensor, role: Role) -> torch.Tensor:
+        """L2-normalized float32 descriptors (B, embedding_dim) for `role` images."""
+        raise NotImplementedError
+
+    def negatives_per_step(self) -> int:
+        """Number of negatives each training sample is contrasted against (for the record)."""
+        raise NotImplementedError
+
+    def trains(self) -> bool:
+        """False for methods that need no optimization (the `none` baseline)."""
+        return True
