@@ -1,0 +1,58 @@
+"""The shared encoder factory: a timm backbone plus a projection head, identical for every method."""
+
+from __future__ import annotations
+
+import timm
+import torch
+from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
+from torch import nn
+
+from harness.errors import ConfigError
+from methods.base import MethodContext
+
+
+def build_backbone(context: MethodContext) -> tuple[nn.Module, int]:
+    """`timm.create_model(context.backbone, pretrained=False, num_classes=0)` and its feature width."""
+    try:
+        model = timm.create_model(context.backbone, pretrained=False, num_classes=0)
+    except RuntimeError as err:  # timm raises RuntimeError("Unknown model ...")
+        raise ConfigError(f"backbone: unknown timm model {context.backbone!r} ({err})") from None
+    return model, int(model.num_features)
+
+
+def build_head(
+    input_dim: int, output_dim: int, *, hidden_dim: int | None = None, batch_norm: bool = False
+) -> nn.Module:
+    """Two-layer MLP projection head (lightly's). No BatchNorm by default: a head that is applied
+    chunk by chunk to cached features (QK) or split across ranks must not depend on batch
+    statistics."""
+    hidden_dim = hidden_dim or input_dim
+    if batch_norm:
+        return SimCLRProjectionHead(input_dim, hidden_dim, output_dim, batch_norm=True)
+    return MoCoProjectionHead(input_dim, hidden_dim, output_dim)
+
+
+class Encoder(nn.Module):
+    """Backbone followed by a projection head; `forward` returns L2-normalized embeddings."""
+
+    def __init__(self, context: MethodContext, *, head_batch_norm: bool = False):
+        super().__init__()
+        check_embedding_dim(context)
+        self.backbone, self.feature_dim = build_backbone(context)
+        self.head = build_head(self.feature_dim, context.embedding_dim, batch_norm=head_batch_norm)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.head(self.backbone(images)), dim=1)
+
+
+def check_embedding_dim(context: MethodContext) -> None:
+    if context.embedding_dim < 1:
+        raise ConfigError(f"embedding_dim must be >= 1, got {context.embedding_dim}")
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze: the trainer's optimizer skips parameters whose .grad is None."""
+    for param in module.parameters():
+        param.requires_grad_(trainable)
+        if not trainable:
+            param.grad = None

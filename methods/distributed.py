@@ -1,0 +1,33 @@
+"""Collectives the methods need under multi-process training; no-ops in a single process.
+
+The trainer averages gradients over ranks after backward (all_reduce SUM / world_size, as DDP
+does) and each rank's loss is the mean over its local batch. A gather that must carry gradients
+(SimCLR's negatives) therefore has to *sum* the gradient over ranks in its backward, which lightly's
+`GatherLayer` does: rank r's embeddings then get d(sum_r' L_r')/dz_r, and the trainer's average
+turns that into the gradient of the global mean loss. Bank and queue updates use `gather_no_grad`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from all ranks in rank order (detached); identity in one process."""
+    if not is_distributed():
+        return tensor.detach()
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Make `tensor` identical on every rank (rank `src`'s copy), in place."""
+    if is_distributed():
+        dist.broadcast(tensor, src=src)
+    return tensor

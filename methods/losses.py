@@ -1,0 +1,210 @@
+"""Contrastive losses as pure functions over tensors.
+
+`bank_info_nce` is the hot path of QK iteration (and serves MoCo and the memory bank): the InfoNCE
+cross-entropy of B queries over N bank entries, N up to ~1M. A naive `q @ bank.T` materialises a
+B x N logits matrix (512 MB at B = 128, N = 1M) and its softmax gradient; here the bank is walked in
+chunks with a running log-sum-exp (the online softmax of flash attention), so memory beyond the bank
+is O(B x chunk_size) whatever N is.
+
+When only the query needs a gradient (the frozen side's keys are fixed), that gradient
+    dL/dq_b = (sum_n softmax_bn k_n - k_pos(b)) / (T B)
+is accumulated in the same pass as the log-sum-exp (rescaled whenever the running max moves), so a
+training step costs exactly the two matmuls of the floor (logits and softmax @ keys) and backward is
+a scale. When the bank side needs a gradient too (the bank itself, or a trainable head applied to
+cached features chunk by chunk), backward recomputes each chunk's keys and logits from the saved
+log-sum-exp, so nothing of size B x N or N x hidden is ever kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class _Spec:
+    temperature: float
+    chunk_size: int
+    head: Callable[[torch.Tensor], torch.Tensor] | None
+    positive_index: (
+        torch.Tensor | None
+    )  # (B,) rows of the bank, or None when a separate logit is given
+    grad_in_forward: bool  # the bank side is fixed: accumulate the query's gradient in forward
+    query_needs_grad: bool
+
+
+def _keys(spec: _Spec, chunk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if spec.head is None:
+        return chunk.to(dtype)
+    return F.normalize(spec.head(chunk.to(dtype)), dim=1)
+
+
+def _positive_in_chunk(spec: _Spec, start: int, end: int):
+    """Rows whose positive lies in bank[start:end] and its column inside the chunk."""
+    if spec.positive_index is None:
+        return None
+    inside = (spec.positive_index >= start) & (spec.positive_index < end)
+    rows = inside.nonzero().squeeze(1)
+    return rows, spec.positive_index[rows] - start
+
+
+class _BankInfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, bank, extra_logit, spec: _Spec, *head_params):
+        batch, n_bank = query.shape[0], bank.shape[0]
+        scaled = query / spec.temperature
+        stat = torch.promote_types(query.dtype, torch.float32)  # fp32 statistics under bf16
+        # Running max and sum of exp per row; a separate positive logit seeds them.
+        if extra_logit is not None:
+            run_max = extra_logit.detach().to(stat).clone()
+            run_sum = torch.ones(batch, dtype=stat, device=query.device)
+        else:
+            run_max = torch.full((batch,), -torch.inf, dtype=stat, device=query.device)
+            run_sum = torch.zeros(batch, dtype=stat, device=query.device)
+        positive = torch.zeros(batch, dtype=stat, device=query.device)
+        acc = positive_keys = None
+        if spec.grad_in_forward and spec.query_needs_grad:
+            acc = torch.zeros(batch, query.shape[1], dtype=query.dtype, device=query.device)
+            positive_keys = torch.zeros_like(acc)
+        for start in range(0, n_bank, spec.chunk_size):
+            end = min(start + spec.chunk_size, n_bank)
+            keys = _keys(spec, bank[start:end], query.dtype)
+            logits = scaled @ keys.T
+            hit = _positive_in_chunk(spec, start, end)
+            if hit is not None and len(hit[0]):
+                positive[hit[0]] = logits[hit[0], hit[1]].to(stat)
+                if positive_keys is not None:
+                    positive_keys[hit[0]] = keys[hit[1]]
+            new_max = torch.maximum(run_max, logits.amax(dim=1).to(stat))
+            rescale = torch.exp(run_max - new_max)
+            probs = logits.sub_(
+                new_max.to(logits.dtype)[:, None]
+            ).exp_()  # in place: no extra B x chunk
+            run_sum = run_sum * rescale + probs.sum(dim=1, dtype=stat)
+            if acc is not None:
+                acc.mul_(rescale.to(acc.dtype)[:, None]).addmm_(probs, keys)
+            run_max = new_max
+        lse = run_max + torch.log(run_sum)
+        if extra_logit is not None:
+            positive = extra_logit.to(stat)
+        loss = (lse - positive).mean()
+        ctx.spec = spec
+        if spec.grad_in_forward:
+            grad_query = None
+            if acc is not None:
+                grad_query = (acc / run_sum.to(acc.dtype)[:, None] - positive_keys) / (
+                    spec.temperature * batch
+                )
+            ctx.save_for_backward(grad_query, lse, extra_logit)
+        else:
+            ctx.save_for_backward(query, bank, lse, extra_logit, *head_params)
+        return loss.to(query.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        spec: _Spec = ctx.spec
+        if spec.grad_in_forward:
+            grad_query, lse, extra_logit = ctx.saved_tensors
+            grad_extra = None
+            if extra_logit is not None and ctx.needs_input_grad[2]:
+                grad_extra = (
+                    (torch.exp(extra_logit.to(lse.dtype) - lse) - 1).to(extra_logit.dtype)
+                    / lse.shape[0]
+                    * grad_loss
+                )
+            grad_query = None if grad_query is None else grad_query * grad_loss
+            return grad_query, None, grad_extra, None
+        query, bank, lse, extra_logit, *head_params = ctx.saved_tensors
+        batch, n_bank = query.shape[0], bank.shape[0]
+        scaled = query / spec.temperature
+        scale = (grad_loss / batch).to(query.dtype)
+        grad_query = torch.zeros_like(query)
+        grad_bank = torch.zeros_like(bank) if ctx.needs_input_grad[1] else None
+        grad_params = [torch.zeros_like(p) for p in head_params]
+        lse_q = lse.to(query.dtype)[:, None]
+        for start in range(0, n_bank, spec.chunk_size):
+            end = min(start + spec.chunk_size, n_bank)
+            with torch.enable_grad():
+                keys = _keys(spec, bank[start:end], query.dtype)
+            with torch.no_grad():
+                probs = (scaled @ keys.T).sub_(lse_q).exp_()
+                hit = _positive_in_chunk(spec, start, end)
+                if hit is not None and len(hit[0]):
+                    probs[hit[0], hit[1]] -= 1
+                probs.mul_(scale)  # now dL/dlogits for this chunk
+                grad_query.addmm_(probs, keys, alpha=1 / spec.temperature)
+                grad_keys = probs.T @ scaled
+            if head_params:
+                for total, part in zip(
+                    grad_params, torch.autograd.grad(keys, head_params, grad_keys), strict=True
+                ):
+                    total += part
+            elif grad_bank is not None:
+                grad_bank[start:end] = grad_keys.to(bank.dtype)
+        grad_extra = None
+        if extra_logit is not None:
+            grad_extra = (
+                (torch.exp(extra_logit.to(lse.dtype) - lse) - 1).to(extra_logit.dtype)
+                / batch
+                * grad_loss
+            )
+        return (grad_query, grad_bank, grad_extra, None, *grad_params)
+
+
+def bank_info_nce(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    temperature: float,
+    *,
+    positive_index: torch.Tensor | None = None,
+    positive_key: torch.Tensor | None = None,
+    head: torch.nn.Module | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Mean cross-entropy of each query over a large bank, computed chunk by chunk.
+
+    query: (B, d) L2-normalized. bank: (N, d) L2-normalized keys, or (N, C) cached features when
+    `head` is given (the keys are then `normalize(head(bank[chunk]))`, computed chunk by chunk, and
+    the head's parameters receive their gradient). The positive of query b is either the bank row
+    `positive_index[b]` (QK, memory bank) or a separate key `positive_key[b]` that joins the softmax
+    as one extra logit (MoCo's queue, lightly's convention). The bank may be fp16/bf16; chunks are
+    cast to the query's dtype. Gradients flow to `query`, to `positive_key`, to `bank` if it
+    requires grad, and to the head's trainable parameters.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if (positive_index is None) == (positive_key is None):
+        raise ValueError("give exactly one of positive_index and positive_key")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    extra_logit = None
+    if positive_key is not None:
+        extra_logit = (query * positive_key.to(query.dtype)).sum(dim=1) / temperature
+    else:
+        positive_index = positive_index.to(device=query.device, dtype=torch.long)
+    head_params = tuple(p for p in head.parameters() if p.requires_grad) if head is not None else ()
+    bank_needs_grad = bank.requires_grad or bool(head_params)
+    spec = _Spec(
+        temperature=float(temperature),
+        chunk_size=int(chunk_size),
+        head=head,
+        positive_index=positive_index,
+        grad_in_forward=not bank_needs_grad,
+        query_needs_grad=query.requires_grad and torch.is_grad_enabled(),
+    )
+    return _BankInfoNCE.apply(query, bank, extra_logit, spec, *head_params)
+
+
+def naive_info_nce(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    temperature: float,
+    positive_index: torch.Tensor,
+) -> torch.Tensor:
+    """The textbook form (full logits matrix + cross-entropy): the reference the benchmark beats."""
+    return F.cross_entropy(query @ keys.T / temperature, positive_index)

@@ -1,0 +1,115 @@
+"""`membank`: the instance memory bank of Wu et al. 2018, one slot per training image.
+
+Slots start as random unit vectors and are updated after each step with the (gathered, detached)
+embeddings of the batch: v_i <- normalize(m * v_i + (1 - m) * f_i), m = 0.5 as in the paper.
+Our choice: the loss is a softmax cross-entropy (positive = the image's own slot) over either the
+full bank or `num_negatives` uniformly sampled slots plus the positive, not the paper's NCE
+approximation. The sample is drawn from a generator seeded by (seed, step), so all ranks draw the
+same negatives and a resumed run draws what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import ConfigError
+from methods.backbone import Encoder
+from methods.base import Method, MethodConfig, MethodContext, TrainBatch
+from methods.distributed import gather_no_grad
+from methods.losses import bank_info_nce
+from methods.registry import register_method
+
+
+@dataclass
+class MemoryBankConfig(MethodConfig):
+    temperature: float = 0.07
+    bank_momentum: float = 0.5
+    num_negatives: int | None = 4096  # None: softmax over the full bank
+    seed: int = 0
+    chunk_size: int = 4096
+
+
+class InstanceBank(nn.Module):
+    """One L2-normalized slot per training image (a persistent buffer, so checkpoints hold it)."""
+
+    def __init__(self, size: int, dim: int, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer(
+            "slots", F.normalize(torch.randn(size, dim, generator=generator), dim=1)
+        )
+
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
+        mixed = momentum * self.slots[indices] + (1 - momentum) * features.to(self.slots.dtype)
+        self.slots[indices] = F.normalize(mixed, dim=1)
+
+
+@register_method("membank", MemoryBankConfig)
+class MemoryBank(Method):
+    """Memory bank (Wu et al. 2018): one slot per training image, momentum-updated negatives."""
+
+    def __init__(self, config: MemoryBankConfig, context: MethodContext):
+        super().__init__(config, context)
+        if not config.temperature > 0:
+            raise ConfigError(f"membank.temperature must be > 0, got {config.temperature}")
+        if not 0 <= config.bank_momentum < 1:
+            raise ConfigError(
+                f"membank.bank_momentum must be in [0, 1), got {config.bank_momentum}"
+            )
+        if context.num_train_images < 1:
+            raise ConfigError(
+                "membank needs the training-set size (num_train_images) to size its bank"
+            )
+        if (
+            config.num_negatives is not None
+            and not 1 <= config.num_negatives <= context.num_train_images
+        ):
+            raise ConfigError(
+                f"membank.num_negatives must be in [1, {context.num_train_images}] (the training-set "
+                f"size) or null for the full bank, got {config.num_negatives}"
+            )
+        if config.chunk_size < 1:
+            raise ConfigError(f"membank.chunk_size must be >= 1, got {config.chunk_size}")
+        self.encoder = Encoder(context)
+        self.bank = InstanceBank(context.num_train_images, context.embedding_dim, seed=config.seed)
+
+    def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        embedding = self.encoder(batch.views[0])
+        indices = batch.indices.to(embedding.device)
+        slots = self.bank.slots
+        if self.config.num_negatives is None:
+            loss = bank_info_nce(
+                embedding,
+                slots,
+                self.config.temperature,
+                positive_index=indices,
+                chunk_size=self.config.chunk_size,
+            )
+        else:
+            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+            sample = torch.randint(len(slots), (self.config.num_negatives,), generator=generator)
+            loss = bank_info_nce(
+                embedding,
+                slots[sample.to(slots.device)],
+                self.config.temperature,
+                positive_key=slots[indices],
+                chunk_size=self.config.chunk_size,
+            )
+        self.bank.update(
+            gather_no_grad(indices), gather_no_grad(embedding), self.config.bank_momentum
+        )
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def describe(self, images, role):
+        return self.encoder(images).float()
+
+    def negatives_per_step(self, batch_size: int | None = None) -> int:
+        if self.config.num_negatives is None:
+            return self.context.num_train_images - 1
+        return self.config.num_negatives

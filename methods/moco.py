@@ -1,0 +1,99 @@
+"""`moco`: MoCo v2 (He et al. 2020; Chen et al. 2020): momentum key encoder and a FIFO key queue.
+
+The queue is our own module with *persistent* buffers (lightly's MemoryBankModule buffer is not
+persistent, so a checkpoint would silently drop it). Under multi-process training the keys of all
+ranks are gathered before the enqueue, so every rank holds the same queue.
+Not done: MoCo's shuffled BatchNorm across ranks (use a LayerNorm backbone, or one rank).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from lightly.models.utils import update_momentum
+from torch import nn
+
+from harness.errors import ConfigError
+from methods.backbone import Encoder, set_trainable
+from methods.base import Method, MethodConfig, MethodContext, TrainBatch
+from methods.distributed import gather_no_grad
+from methods.losses import bank_info_nce
+from methods.registry import register_method
+
+
+@dataclass
+class MoCoConfig(MethodConfig):
+    # MoCo v2 uses 65,536 keys and momentum 0.999; the defaults suit the ~5k-image CPU run
+    # (a queue larger than the training set would hold several keys of each image).
+    queue_size: int = 4096
+    momentum: float = 0.99
+    temperature: float = 0.2
+    chunk_size: int = 4096
+
+
+class KeyQueue(nn.Module):
+    """FIFO queue of L2-normalized keys; the keys and write pointer are checkpointed."""
+
+    def __init__(self, size: int, dim: int, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer(
+            "keys", F.normalize(torch.randn(size, dim, generator=generator), dim=1)
+        )
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        size = self.keys.shape[0]
+        keys = keys[-size:]  # a batch larger than the queue keeps its newest keys
+        slots = (self.pointer + torch.arange(len(keys), device=keys.device)) % size
+        self.keys[slots] = keys.to(self.keys.dtype)
+        self.pointer.copy_((self.pointer + len(keys)) % size)
+
+
+@register_method("moco", MoCoConfig)
+class MoCo(Method):
+    """MoCo v2: momentum key encoder, FIFO queue of negatives (queue_size per sample), InfoNCE."""
+
+    def __init__(self, config: MoCoConfig, context: MethodContext):
+        super().__init__(config, context)
+        if not config.temperature > 0:
+            raise ConfigError(f"moco.temperature must be > 0, got {config.temperature}")
+        if config.queue_size < 1:
+            raise ConfigError(f"moco.queue_size must be >= 1, got {config.queue_size}")
+        if not 0 <= config.momentum <= 1:
+            raise ConfigError(f"moco.momentum must be in [0, 1], got {config.momentum}")
+        if config.chunk_size < 1:
+            raise ConfigError(f"moco.chunk_size must be >= 1, got {config.chunk_size}")
+        self.query_encoder = Encoder(context)
+        self.key_encoder = copy.deepcopy(self.query_encoder)
+        set_trainable(self.key_encoder, False)
+        self.queue = KeyQueue(config.queue_size, context.embedding_dim)
+
+    def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if len(batch.views) < 2:
+            raise ValueError("moco needs two augmented views per image")
+        query = self.query_encoder(batch.views[0])
+        with torch.no_grad():
+            update_momentum(self.query_encoder, self.key_encoder, m=self.config.momentum)
+            key = self.key_encoder(batch.views[1])
+        loss = bank_info_nce(
+            query,
+            self.queue.keys,
+            self.config.temperature,
+            positive_key=key,
+            chunk_size=self.config.chunk_size,
+        )
+        # Enqueue after the loss: this batch's keys are negatives from the next step on.
+        self.queue.enqueue(gather_no_grad(key))
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def describe(self, images, role):
+        return self.query_encoder(images).float()
+
+    def negatives_per_step(self, batch_size: int | None = None) -> int:
+        return self.config.queue_size

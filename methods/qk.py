@@ -1,0 +1,216 @@
+"""`qk`: QK iteration. A query model Q and a key model K are learned jointly against a very large
+set of negatives by freezing one side's backbone and alternating Q- and K-optimization phases.
+
+Only the paper's abstract is public; everything below that it does not state is OUR reading, and
+each such choice is a config option (see QKConfig):
+- Q and K are the same architecture (shared backbone factory + MLP head without BatchNorm, so the
+  head gives the same keys whether applied to the whole cache, chunk by chunk, or on any rank).
+- Phases alternate every `phase_steps` steps, starting with `first_phase`. In a Q-phase the trained
+  side is Q and the frozen side is K; in a K-phase the roles swap.
+- At each phase start the frozen backbone (eval mode) encodes the negative set once (no grad,
+  batched, progress bar from the trainer's `encode_training_set`) into a cache of `cache_dtype`,
+  from the clean images by default (`cache_view`): queries are edited copies and references are
+  originals, so the clean view is what K sees at evaluation. The cache is not checkpointed: it is
+  recomputed at `on_train_start` after a resume, from the unchanged frozen backbone.
+- Each step encodes the batch's first augmented view with the trained side and scores it against
+  ALL N cached negatives with InfoNCE at `temperature`; the positive of image i is the frozen side's
+  key of image i. With `train_frozen_head` (default) the frozen side's head is trained as well: it is
+  applied to the cached features chunk by chunk inside the loss (methods/losses.py), so the keys are
+  always current; without it the head is applied once per phase and keys are cached instead.
+- `num_negatives` < training-set size draws a fixed random subset per phase (seeded by the phase);
+  positives then come from the frozen side on the batch's clean images, and an image of the batch
+  that is also in the subset appears among its own negatives (probability N / training-set size).
+- Under multi-process training every rank computes the cache and rank 0's copy is broadcast, so
+  the cache is bit-identical everywhere; gradients need no gather (each loss sees all N keys).
+- At evaluation (`describe_mode`): "asymmetric" embeds queries with Q and references with K;
+  "query" or "key" embeds both with one model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import ConfigError
+from methods.backbone import Encoder, set_trainable
+from methods.base import Method, MethodConfig, MethodContext, TrainBatch, TrainContext
+from methods.distributed import broadcast_
+from methods.losses import bank_info_nce
+from methods.registry import register_method
+
+CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CACHE_VIEWS = ("clean", "augmented")
+DESCRIBE_MODES = ("asymmetric", "query", "key")
+PHASES = ("q", "k")
+
+
+@dataclass
+class QKConfig(MethodConfig):
+    temperature: float = 0.1
+    phase_steps: int = 50
+    first_phase: str = "q"
+    num_negatives: int | None = None  # None: the whole training set
+    train_frozen_head: bool = True
+    cache_dtype: str = "fp32"  # fp16/bf16 halve the cache (1M x 512 features: 2 GB -> 1 GB)
+    cache_view: str = "clean"
+    cache_batch_size: int | None = None  # batch size of the cache pass (None: the trainer's)
+    chunk_size: int = 4096  # bank rows per chunk of logits: memory O(batch x chunk_size)
+    describe_mode: str = "asymmetric"
+    seed: int = 0
+
+
+def _check(config: QKConfig, context: MethodContext) -> None:
+    def fail(key, message):
+        raise ConfigError(f"qk.{key} {message}")
+
+    if not config.temperature > 0:
+        fail("temperature", f"must be > 0, got {config.temperature}")
+    if config.phase_steps < 1:
+        fail("phase_steps", f"must be >= 1, got {config.phase_steps}")
+    if config.first_phase not in PHASES:
+        fail("first_phase", f"must be one of {PHASES}, got {config.first_phase!r}")
+    if context.num_train_images < 1:
+        raise ConfigError("qk needs the training-set size (num_train_images) for its negative set")
+    if (
+        config.num_negatives is not None
+        and not 1 <= config.num_negatives <= context.num_train_images
+    ):
+        fail(
+            "num_negatives",
+            f"must be in [1, {context.num_train_images}] (the training-set size) or null, "
+            f"got {config.num_negatives}",
+        )
+    if config.cache_dtype not in CACHE_DTYPES:
+        fail("cache_dtype", f"must be one of {tuple(CACHE_DTYPES)}, got {config.cache_dtype!r}")
+    if config.cache_view not in CACHE_VIEWS:
+        fail("cache_view", f"must be one of {CACHE_VIEWS}, got {config.cache_view!r}")
+    if config.describe_mode not in DESCRIBE_MODES:
+        fail("describe_mode", f"must be one of {DESCRIBE_MODES}, got {config.describe_mode!r}")
+    if config.chunk_size < 1:
+        fail("chunk_size", f"must be >= 1, got {config.chunk_size}")
+    if config.cache_batch_size is not None and config.cache_batch_size < 1:
+        fail("cache_batch_size", f"must be >= 1 or null, got {config.cache_batch_size}")
+
+
+@register_method("qk", QKConfig)
+class QKIteration(Method):
+    """QK iteration: Q/K phases, one side's backbone frozen and cached, all N negatives every step."""
+
+    def __init__(self, config: QKConfig, context: MethodContext):
+        super().__init__(config, context)
+        _check(config, context)
+        self.query = Encoder(context)
+        self.key = Encoder(context)
+        # The cache is derived state (recomputed per phase), so it stays out of checkpoints.
+        self.register_buffer("cache", torch.empty(0), persistent=False)
+        self.register_buffer("cache_rows", torch.empty(0, dtype=torch.long), persistent=False)
+        self.cache_phase: int | None = None  # the phase the cache belongs to
+
+    # --- phases -------------------------------------------------------------------------------
+    def phase_of(self, step: int) -> int:
+        return step // self.config.phase_steps
+
+    def trained_side(self, phase: int) -> str:
+        first = PHASES.index(self.config.first_phase)
+        return PHASES[(first + phase) % 2]
+
+    def _sides(self, phase: int) -> tuple[Encoder, Encoder]:
+        """(trained, frozen) encoders of `phase`."""
+        if self.trained_side(phase) == "q":
+            return self.query, self.key
+        return self.key, self.query
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.cache_phase is not None:
+            self._sides(self.cache_phase)[1].backbone.eval()  # frozen: eval-mode BN, as cached
+        return self
+
+    def on_train_start(self, ctx: TrainContext, step: int) -> None:
+        self._start_phase(ctx, self.phase_of(step))
+
+    def on_step_end(self, ctx: TrainContext, step: int) -> None:
+        next_phase = self.phase_of(step + 1)
+        if next_phase != self.cache_phase and step + 1 < ctx.total_steps:
+            self._start_phase(ctx, next_phase)
+
+    def _start_phase(self, ctx: TrainContext, phase: int) -> None:
+        trained, frozen = self._sides(phase)
+        set_trainable(trained, True)
+        set_trainable(frozen.backbone, False)
+        set_trainable(frozen.head, self.config.train_frozen_head)
+        was_training = self.training
+        frozen.eval()
+        dtype = CACHE_DTYPES[self.config.cache_dtype]
+
+        @torch.no_grad()
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            features = frozen.backbone(images)
+            if not self.config.train_frozen_head:
+                features = F.normalize(frozen.head(features), dim=1)
+            return features.to(dtype)
+
+        cache = ctx.encode_training_set(
+            encode, view=self.config.cache_view, batch_size=self.config.cache_batch_size
+        )
+        rows = self._negative_rows(phase).to(cache.device)
+        if len(rows) < self.context.num_train_images:
+            cache = cache[rows]
+        self.cache = broadcast_(cache.contiguous())
+        self.cache_rows = rows
+        self.cache_phase = phase
+        self.train(was_training)
+
+    def _negative_rows(self, phase: int) -> torch.Tensor:
+        total = self.context.num_train_images
+        if self.config.num_negatives is None or self.config.num_negatives == total:
+            return torch.arange(total)
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + phase)
+        return torch.randperm(total, generator=generator)[: self.config.num_negatives].sort().values
+
+    # --- training -----------------------------------------------------------------------------
+    def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        phase = self.phase_of(step)
+        if self.cache_phase != phase:
+            raise RuntimeError(
+                f"qk: step {step} is in phase {phase} but the cache is for phase {self.cache_phase}; "
+                "the trainer must call on_train_start and on_step_end"
+            )
+        trained, frozen = self._sides(phase)
+        embedding = trained(batch.views[0])
+        head = frozen.head if self.config.train_frozen_head else None
+        common = dict(head=head, chunk_size=self.config.chunk_size)
+        if len(self.cache_rows) == self.context.num_train_images:
+            loss = bank_info_nce(
+                embedding,
+                self.cache,
+                self.config.temperature,
+                positive_index=batch.indices.to(embedding.device),
+                **common,
+            )
+        else:
+            images = batch.clean if batch.clean is not None else batch.views[0]
+            with torch.no_grad():
+                features = frozen.backbone(images)
+            positive = F.normalize(frozen.head(features), dim=1)
+            loss = bank_info_nce(
+                embedding, self.cache, self.config.temperature, positive_key=positive, **common
+            )
+        return loss, {
+            "loss": float(loss.detach()),
+            "phase_q": float(self.trained_side(phase) == "q"),
+        }
+
+    # --- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def describe(self, images, role):
+        mode = self.config.describe_mode
+        use_query = mode == "query" or (mode == "asymmetric" and role == "query")
+        encoder = self.query if use_query else self.key
+        return encoder(images).float()
+
+    def negatives_per_step(self, batch_size: int | None = None) -> int:
+        n = self.config.num_negatives or self.context.num_train_images
+        return n - 1 if n == self.context.num_train_images else n
