@@ -1,0 +1,718 @@
+"""Tables from result records: load every `record.json`, group runs that differ only in seed, summarize.
+
+The flow is three pure steps over pandas tables, so each can be tested on fabricated records:
+
+    loaded = load_runs(["results/"])          # one row per complete run, plus the skipped ones
+    summary = summarize(loaded.runs)          # one row per group: <metric>_mean, <metric>_std, n_seeds
+    table = main_table(summary)               # display strings "mean ± std"; to_markdown / to_latex
+
+A *setting* is the whole resolved config except the seed and the run id; runs with equal settings form
+a group. Its label lists only the keys that take more than one value among the runs of the same method
+(a short, readable name); its `setting_id` hashes the whole setting, so two groups never merge by
+accident when a label is shortened.
+
+Per-edit-type µAP (`edit_family_map`) restricts the ground truth to the queries whose metadata lists the
+edit family, keeps every distractor query, and scores the predictions of those queries with the ISC
+evaluation core (`harness.isc.evaluate`); nothing here re-implements the metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import ConfigError, InputError
+
+RECORD_NAME = "record.json"
+SCHEMA_VERSION = 1
+
+# Config keys that never define a setting: runs differing only in these are seeds of one group.
+DEFAULT_IGNORED_KEYS: tuple[str, ...] = ("seed", "run_id")
+
+# Numeric columns taken from a record: column -> path of keys inside the record.
+RECORD_METRICS: dict[str, tuple[str, ...]] = {
+    "map": ("metrics", "raw", "average_precision"),
+    "map_normalized": ("metrics", "normalized", "average_precision"),
+    "recall_at_p90": ("metrics", "raw", "recall_at_p90"),
+    "recall_at_p90_normalized": ("metrics", "normalized", "recall_at_p90"),
+    "recall_at_rank1": ("metrics", "raw", "recall_at_rank1"),
+    "recall_at_rank10": ("metrics", "raw", "recall_at_rank10"),
+    "negatives_per_step": ("negatives_per_step",),
+    "budget_value": ("budget", "value"),
+    "train_steps": ("budget", "steps"),
+    "images_seen": ("budget", "images_seen"),
+    "train_seconds": ("budget", "train_seconds"),
+    "total_seconds": ("timings", "total"),
+    "peak_cpu_mb": ("peak_memory_mb", "cpu_rss"),
+    "peak_cuda_mb": ("peak_memory_mb", "cuda"),
+}
+
+# Columns of the main table: (metric column, header, decimals).
+MAIN_TABLE_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("map", "µAP", 4),
+    ("map_normalized", "µAP (norm.)", 4),
+    ("recall_at_p90", "R@P90", 4),
+    ("recall_at_rank1", "R@rank1", 4),
+    ("negatives_per_step", "negatives/step", 0),
+    ("images_seen", "images seen", 0),
+    ("total_seconds", "wall-clock (s)", 1),
+    ("peak_cpu_mb", "peak RSS (MB)", 0),
+    ("peak_cuda_mb", "peak CUDA (MB)", 0),
+)
+
+DEFAULT_GROUP_BY: tuple[str, ...] = ("method", "setting")
+
+
+@dataclass(frozen=True)
+class SkippedRun:
+    """A run directory or record the report could not use, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class LoadedRuns:
+    """One row per complete run (`runs`) and the runs left out (`skipped`)."""
+
+    runs: pd.DataFrame
+    skipped: list[SkippedRun] = field(default_factory=list)
+    config_columns: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def find_run_directories(roots: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """(records, unfinished): every `record.json` below the roots, and run directories without one.
+
+    A run directory is recognised by its `config.yaml` (written at the start of a run); hidden folders
+    (atomic writes in progress, `.partial-*`) are not looked into.
+    """
+    records: set[Path] = set()
+    unfinished: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            raise InputError(f"{root}: no such results directory")
+        if root.is_file():
+            if root.name != RECORD_NAME:
+                raise InputError(f"{root}: expected a directory or a {RECORD_NAME}")
+            records.add(root)
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if RECORD_NAME in filenames:
+                records.add(Path(dirpath) / RECORD_NAME)
+            elif "config.yaml" in filenames:
+                unfinished.add(Path(dirpath))
+    return sorted(records), sorted(unfinished)
+
+
+def _dig(record: dict, path: Sequence[str]):
+    value = record
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _as_float(value) -> float:
+    if value is None or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, object]:
+    """Nested config sections -> {"section.key": value}; lists become JSON text so they can be compared."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple, dict)):
+            flat[name] = json.dumps(value, sort_keys=True)
+        else:
+            flat[name] = value
+    return flat
+
+
+def _check_record(record, path: Path) -> str | None:
+    """The reason a parsed record cannot be used, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("schema_version") != SCHEMA_VERSION:
+        return f"schema_version {record.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+    if record.get("status") != "complete":
+        return f"status {record.get('status')!r} (unfinished)"
+    for key in ("run_id", "method", "config", "metrics"):
+        if key not in record:
+            return f"missing key {key!r}"
+    if not isinstance(record["config"], dict):
+        return "config is not a mapping"
+    if math.isnan(_as_float(_dig(record, RECORD_METRICS["map"]))):
+        return "metrics.raw.average_precision is missing or not a number"
+    return None
+
+
+def record_row(record: dict, record_path: Path) -> dict[str, object]:
+    """One table row: identity, metrics, budget, cost and the flattened config of one record."""
+    row: dict[str, object] = {
+        "run_id": str(record["run_id"]),
+        "method": str(record["method"]),
+        "seed": record.get("seed", _dig(record, ("config", "seed"))),
+        "run_dir": str(record_path.parent),
+        "benchmark_path": _dig(record, ("benchmark", "path")),
+        "budget_kind": _dig(record, ("budget", "kind")),
+        "predictions_file": _dig(record, ("files", "predictions")) or "predictions.csv",
+        "pr_curve_file": _dig(record, ("files", "pr_curve")) or "pr_curve.npz",
+    }
+    for column, path in RECORD_METRICS.items():
+        row[column] = _as_float(_dig(record, path))
+    return row
+
+
+def load_runs(
+    roots: Iterable[str | os.PathLike], ignored_keys: Sequence[str] = DEFAULT_IGNORED_KEYS
+) -> LoadedRuns:
+    """Every complete record below `roots` as one row; unreadable and unfinished ones are listed in
+    `skipped` instead of raising, so one broken run never hides the others."""
+    record_paths, unfinished = find_run_directories(roots)
+    skipped = [SkippedRun(str(d), f"no {RECORD_NAME} (unfinished)") for d in unfinished]
+    rows: list[dict[str, object]] = []
+    configs: list[dict[str, object]] = []
+    seen_ids: dict[str, str] = {}
+    for path in record_paths:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            skipped.append(SkippedRun(str(path), f"unreadable: {err}"))
+            continue
+        reason = _check_record(record, path)
+        if reason is not None:
+            skipped.append(SkippedRun(str(path), reason))
+            continue
+        row = record_row(record, path)
+        if row["run_id"] in seen_ids:
+            skipped.append(
+                SkippedRun(
+                    str(path),
+                    f"duplicate run_id {row['run_id']} (also in {seen_ids[row['run_id']]})",
+                )
+            )
+            continue
+        seen_ids[str(row["run_id"])] = str(path)
+        rows.append(row)
+        configs.append(flatten_config(record["config"]))
+    runs = pd.DataFrame(rows)
+    config_frame = pd.DataFrame(configs)
+    reserved = set(runs.columns) | {"setting", "setting_id", "group"}
+    rename = {c: f"config.{c}" for c in config_frame.columns if c in reserved}
+    config_frame = config_frame.rename(columns=rename)
+    ignored = set(ignored_keys) | {rename.get(k, k) for k in ignored_keys}
+    config_columns = [c for c in config_frame.columns if c not in ignored]
+    if runs.empty:
+        runs = pd.DataFrame(columns=[*rows[0].keys()] if rows else ["run_id", "method", "seed"])
+        return LoadedRuns(runs=runs, skipped=skipped, config_columns=[])
+    runs = pd.concat([runs, config_frame], axis=1)
+    runs["setting_id"] = [_setting_hash(configs[i], ignored) for i in range(len(configs))]
+    runs["setting"] = setting_labels(runs, config_columns)
+    runs = runs.sort_values(["method", "setting", "seed"], kind="stable").reset_index(drop=True)
+    return LoadedRuns(runs=runs, skipped=skipped, config_columns=config_columns)
+
+
+def _setting_hash(flat_config: dict[str, object], ignored: set[str]) -> str:
+    setting = {k: v for k, v in flat_config.items() if k not in ignored}
+    text = json.dumps(setting, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def setting_labels(runs: pd.DataFrame, config_columns: Sequence[str]) -> list[str]:
+    """A short label per run: `key=value` for each config key that varies among its method's runs.
+
+    Keys of the method's own section lose their prefix (`qk.num_negatives` -> `num_negatives`).
+    Runs of a method whose settings are all equal are labelled "default".
+    """
+    labels = [""] * len(runs)
+    for method, rows in runs.groupby("method", sort=False):
+        varying = []
+        for column in config_columns:
+            values = {json.dumps(v, default=str) for v in rows[column] if not _is_missing(v)}
+            has_missing = any(_is_missing(v) for v in rows[column])
+            if len(values) + int(has_missing and bool(values)) > 1:
+                varying.append(column)
+        for index, row in rows.iterrows():
+            parts = []
+            for column in varying:
+                value = row[column]
+                if _is_missing(value):
+                    continue
+                key = column.removeprefix(f"{method}.")
+                parts.append(f"{key}={_format_value(value)}")
+            labels[runs.index.get_loc(index)] = ", ".join(parts) or "default"
+    return labels
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Grouping and summaries
+
+
+def check_group_by(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
+    """The grouping columns, validated against the table (a ConfigError names an unknown one)."""
+    group_by = [c.strip() for c in group_by if c.strip()]
+    if not group_by:
+        raise ConfigError("--group-by: give at least one column, e.g. method,setting")
+    unknown = [c for c in group_by if c not in runs.columns]
+    if unknown:
+        known = ", ".join(c for c in runs.columns if not c.endswith("_file"))
+        raise ConfigError(f"--group-by: unknown column(s) {', '.join(unknown)}; known: {known}")
+    if "seed" in group_by:
+        raise ConfigError(
+            "--group-by: seed cannot be a grouping column (groups aggregate over seeds)"
+        )
+    return group_by
+
+
+def group_label(values: dict[str, object]) -> str:
+    """Readable name of a group from its grouping values: "qk", "qk (num_negatives=256)"."""
+    method = values.get("method")
+    rest = [
+        _format_value(v) if k == "setting" else f"{k}={_format_value(v)}"
+        for k, v in values.items()
+        if k != "method" and not (k == "setting" and v == "default") and not _is_missing(v)
+    ]
+    if method is None:
+        return ", ".join(rest) or "all"
+    return f"{method} ({', '.join(rest)})" if rest else str(method)
+
+
+def add_group_column(runs: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
+    """A copy of `runs` with a `group` column naming each run's group."""
+    runs = runs.copy()
+    runs["group"] = [
+        group_label({c: row[c] for c in group_by}) for _, row in runs[list(group_by)].iterrows()
+    ]
+    return runs
+
+
+def summarize(
+    runs: pd.DataFrame,
+    group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    metrics: Sequence[str] = tuple(RECORD_METRICS),
+) -> pd.DataFrame:
+    """One row per group: the grouping columns, `group`, `n_seeds`, `seeds`, and for each metric its
+    mean and sample standard deviation (ddof=1; NaN with one seed) over the group's runs."""
+    group_by = check_group_by(runs, group_by)
+    runs = add_group_column(runs, group_by)
+    metrics = [m for m in metrics if m in runs.columns]
+    grouped = runs.groupby(list(group_by), sort=True, dropna=False)
+    stats = grouped[metrics].agg(["mean", "std"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    info = grouped.agg(
+        group=("group", "first"),
+        n_seeds=("run_id", "size"),
+        seeds=("seed", lambda s: ",".join(_format_value(v) for v in sorted(s))),
+        budget_kind=("budget_kind", lambda s: "/".join(sorted({str(v) for v in s}))),
+    )
+    summary = info.join(stats).reset_index()
+    return summary
+
+
+def format_mean_std(mean: float, std: float, decimals: int, *, pm: str = " ± ") -> str:
+    """ "0.3403 ± 0.0120"; the mean alone when the spread is undefined or zero; "—" when no value."""
+    if math.isnan(mean):
+        return "—"
+    text = f"{mean:,.{decimals}f}" if decimals == 0 else f"{mean:.{decimals}f}"
+    if math.isnan(std) or std == 0:
+        return text
+    spread = f"{std:,.{decimals}f}" if decimals == 0 else f"{std:.{decimals}f}"
+    return f"{text}{pm}{spread}"
+
+
+def main_table(summary: pd.DataFrame, *, pm: str = " ± ") -> pd.DataFrame:
+    """The main table as display strings: group columns, seeds, then each metric as mean ± std.
+
+    Metric columns with no value in any group (e.g. CUDA memory on a CPU run, µAP normalized when no
+    run normalized) are left out.
+    """
+    columns: dict[str, list[str]] = {"group": list(summary["group"])}
+    columns["seeds"] = [str(n) for n in summary["n_seeds"]]
+    budget = []
+    for _, row in summary.iterrows():
+        value = row.get("budget_value_mean", math.nan)
+        budget.append("—" if math.isnan(value) else f"{_format_value(value)} {row['budget_kind']}")
+    columns["budget"] = budget
+    for metric, header, decimals in MAIN_TABLE_COLUMNS:
+        mean_column = f"{metric}_mean"
+        if mean_column not in summary or summary[mean_column].isna().all():
+            continue
+        columns[header] = [
+            format_mean_std(m, s, decimals, pm=pm)
+            for m, s in zip(summary[mean_column], summary[f"{metric}_std"], strict=True)
+        ]
+    return pd.DataFrame(columns)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-edit-type µAP
+
+
+def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
+    """The benchmark's metadata.csv (query_id, reference_id, source_id, edits) with `edits` as lists."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read metadata: {err}") from err
+    for column in ("query_id", "edits"):
+        if column not in frame.columns:
+            raise InputError(
+                f"{path}: metadata has no {column!r} column (has {list(frame.columns)})"
+            )
+    frame["edits"] = [[e.strip() for e in text.split("|") if e.strip()] for text in frame["edits"]]
+    return frame
+
+
+def edit_families(metadata: pd.DataFrame) -> list[str]:
+    return sorted({family for edits in metadata["edits"] for family in edits})
+
+
+def restrict_to_family(gt, metadata: pd.DataFrame, family: str):
+    """The ground truth of the queries edited with `family`, every distractor query kept.
+
+    Distractors are the ground truth's queries with no true pair; a family's queries are those whose
+    metadata `edits` list it. Returns a `harness.isc.GroundTruth`.
+    """
+    from harness.isc import GroundTruth
+
+    queries = np.asarray(gt.queries).astype(str)
+    pair_query = np.asarray(gt.query).astype(str)
+    pair_reference = np.asarray(gt.reference).astype(str)
+    family_queries = metadata.loc[[family in e for e in metadata["edits"]], "query_id"].to_numpy(
+        str
+    )
+    distractors = queries[~np.isin(queries, pair_query)]
+    keep_queries = queries[np.isin(queries, family_queries) | np.isin(queries, distractors)]
+    keep_pairs = np.isin(pair_query, family_queries)
+    return GroundTruth(
+        queries=keep_queries, query=pair_query[keep_pairs], reference=pair_reference[keep_pairs]
+    )
+
+
+def restrict_predictions(predictions, queries: np.ndarray):
+    """The predictions whose query is among `queries` (a `harness.isc.Predictions`)."""
+    from harness.isc import Predictions
+
+    query = np.asarray(predictions.query).astype(str)
+    keep = np.isin(query, queries)
+    return Predictions(
+        query=np.asarray(predictions.query)[keep],
+        reference=np.asarray(predictions.reference)[keep],
+        score=np.asarray(predictions.score)[keep],
+    )
+
+
+def edit_family_map(gt, metadata: pd.DataFrame, predictions) -> dict[str, dict[str, float]]:
+    """Per edit family: µAP (ISC evaluation of the restricted ground truth) and its query counts."""
+    from harness.isc import evaluate
+
+    result: dict[str, dict[str, float]] = {}
+    for family in edit_families(metadata):
+        family_gt = restrict_to_family(gt, metadata, family)
+        if len(family_gt.query) == 0:
+            continue  # a family seen only on distractors has no µAP
+        metrics = evaluate(family_gt, restrict_predictions(predictions, family_gt.queries))
+        result[family] = {
+            "map": float(metrics.to_dict()["average_precision"]),
+            "n_gt": float(len(family_gt.query)),
+        }
+    return result
+
+
+def resolve_benchmark(path: str | None, run_dir: str) -> Path | None:
+    """The benchmark directory named by a record (absolute, relative to here, or to the run dir)."""
+    if not path:
+        return None
+    candidates = [Path(path)] if Path(path).is_absolute() else [Path(path), Path(run_dir) / path]
+    return next((c for c in candidates if (c / "ground_truth.csv").is_file()), None)
+
+
+def per_edit_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[SkippedRun]]:
+    """Long table (run_id, family, map, n_gt) over all runs whose benchmark has a metadata.csv.
+
+    Runs whose benchmark or predictions cannot be found are listed, not fatal. The benchmark's ground
+    truth and metadata are read once per benchmark.
+    """
+    from harness.isc import read_ground_truth, read_predictions
+
+    rows: list[dict[str, object]] = []
+    skipped: list[SkippedRun] = []
+    benchmarks: dict[Path, tuple[object, pd.DataFrame] | None] = {}
+    for _, run in runs.iterrows():
+        benchmark = resolve_benchmark(run["benchmark_path"], run["run_dir"])
+        if benchmark is None:
+            skipped.append(
+                SkippedRun(run["run_dir"], f"benchmark {run['benchmark_path']!r} not found")
+            )
+            continue
+        if benchmark not in benchmarks:
+            metadata_path = benchmark / "metadata.csv"
+            benchmarks[benchmark] = (
+                (read_ground_truth(benchmark / "ground_truth.csv"), read_metadata(metadata_path))
+                if metadata_path.is_file()
+                else None
+            )
+        if benchmarks[benchmark] is None:
+            skipped.append(SkippedRun(run["run_dir"], f"{benchmark} has no metadata.csv"))
+            continue
+        gt, metadata = benchmarks[benchmark]
+        predictions_path = Path(run["run_dir"]) / run["predictions_file"]
+        if not predictions_path.is_file():
+            skipped.append(SkippedRun(run["run_dir"], f"{predictions_path} not found"))
+            continue
+        try:
+            per_family = edit_family_map(gt, metadata, read_predictions(predictions_path))
+        except InputError as err:
+            skipped.append(SkippedRun(run["run_dir"], str(err)))
+            continue
+        for family, values in per_family.items():
+            rows.append({"run_id": run["run_id"], "family": family, **values})
+    return pd.DataFrame(rows, columns=["run_id", "family", "map", "n_gt"]), skipped
+
+
+def summarize_edits(
+    runs: pd.DataFrame, edits: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY
+) -> pd.DataFrame:
+    """Per group and edit family: µAP mean, std (ddof=1) and number of runs."""
+    group_by = check_group_by(runs, group_by)
+    runs = add_group_column(runs, group_by)
+    merged = edits.merge(runs[["run_id", "group", *group_by]], on="run_id", how="inner")
+    out = (
+        merged.groupby([*group_by, "group", "family"], sort=True, dropna=False)["map"]
+        .agg(map_mean="mean", map_std="std", n_seeds="size")
+        .reset_index()
+    )
+    return out
+
+
+def edit_table(edit_summary: pd.DataFrame, *, pm: str = " ± ") -> pd.DataFrame:
+    """Groups as rows, edit families as columns, "mean ± std" µAP cells."""
+    if edit_summary.empty:
+        return pd.DataFrame(columns=["group"])
+    cells = edit_summary.assign(
+        cell=[
+            format_mean_std(m, s, 4, pm=pm)
+            for m, s in zip(edit_summary["map_mean"], edit_summary["map_std"], strict=True)
+        ]
+    )
+    order = list(dict.fromkeys(cells["group"]))
+    table = cells.pivot(index="group", columns="family", values="cell").reindex(order)
+    return table.fillna("—").reset_index().rename_axis(columns=None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Text formats
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (first column left-aligned, the rest right-aligned)."""
+    header = [str(c) for c in table.columns]
+    rows = [[str(v).replace("|", "\\|") for v in row] for row in table.itertuples(index=False)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * w if i == 0 else "-" * (w - 1) + ":" for i, w in enumerate(widths)]
+    return (
+        "\n".join([line(header), "| " + " | ".join(rule) + " |", *(line(r) for r in rows)]) + "\n"
+    )
+
+
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+
+
+def to_latex(table: pd.DataFrame, caption: str | None = None) -> str:
+    """A booktabs LaTeX table; "±" becomes `$\\pm$`, "µ" `$\\mu$`, everything else is escaped."""
+
+    def cell(value) -> str:
+        text = latex_escape(str(value))
+        return text.replace("±", r"$\pm$").replace("µ", r"$\mu$").replace("—", "--")
+
+    escaped = table.map(cell)
+    escaped.columns = [cell(c) for c in table.columns]
+    column_format = "l" + "r" * (len(table.columns) - 1)
+    return escaped.to_latex(index=False, escape=False, column_format=column_format, caption=caption)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole report
+
+FORMATS = ("md", "csv", "tex")
+
+
+@dataclass
+class Report:
+    """Everything a report computed, and the files it wrote."""
+
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    table: pd.DataFrame
+    edit_summary: pd.DataFrame
+    edit_table: pd.DataFrame
+    skipped: list[SkippedRun]
+    written: list[Path]
+
+
+def parse_list(text: str | Sequence[str]) -> list[str]:
+    """ "a,b" or ["a", "b,c"] -> ["a", "b", "c"]."""
+    items = [text] if isinstance(text, str) else list(text)
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+def _write_table(
+    table: pd.DataFrame, numbers: pd.DataFrame, stem: Path, formats, caption
+) -> list[Path]:
+    from harness.atomic import atomic_write_text
+
+    written = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        if fmt == "md":
+            atomic_write_text(path, to_markdown(table))
+        elif fmt == "csv":
+            atomic_write_text(path, numbers.to_csv(index=False))
+        else:
+            atomic_write_text(path, to_latex(table, caption=caption))
+        written.append(path)
+    return written
+
+
+def build_report(
+    roots: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    group_by: Sequence[str] = DEFAULT_GROUP_BY,
+    formats: Sequence[str] = FORMATS,
+    ignored_keys: Sequence[str] = DEFAULT_IGNORED_KEYS,
+    edits: bool = True,
+    figures: bool = True,
+) -> Report:
+    """Load, group, tabulate and draw: writes `report.md`, `runs.csv`, `main.<fmt>`, `edits.<fmt>`
+    and the figure set into `out_dir`. Raises InputError only when no run at all is usable."""
+    from harness.atomic import atomic_write_text
+
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ConfigError(
+            f"--format: unknown {', '.join(unknown)}; choose from {', '.join(FORMATS)}"
+        )
+    loaded = load_runs(roots, ignored_keys=ignored_keys)
+    if loaded.runs.empty:
+        reasons = "".join(f"\n  {s.path}: {s.reason}" for s in loaded.skipped)
+        where = ", ".join(str(r) for r in roots)
+        raise InputError(f"no complete {RECORD_NAME} under {where}{reasons}")
+    group_by = check_group_by(loaded.runs, group_by)
+    runs = add_group_column(loaded.runs, group_by)
+    summary = summarize(runs, group_by)
+    table = main_table(summary)
+    skipped = list(loaded.skipped)
+    edit_long = pd.DataFrame(columns=["run_id", "family", "map", "n_gt"])
+    if edits:
+        edit_long, edit_skipped = per_edit_runs(runs)
+        skipped += edit_skipped
+    edit_summary = summarize_edits(runs, edit_long, group_by)
+    families = edit_table(edit_summary)
+
+    out_dir = Path(out_dir)
+    written = []
+    atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False))
+    written.append(out_dir / "runs.csv")
+    written += _write_table(table, summary, out_dir / "main", formats, "µAP and cost per method")
+    if not edit_summary.empty:
+        written += _write_table(
+            families, edit_summary, out_dir / "edits", formats, "µAP per edit family"
+        )
+    figure_paths: list[Path] = []
+    if figures:
+        from harness.figures import write_figures
+
+        figure_paths = write_figures(runs, summary, out_dir, edit_summary=edit_summary)
+        written += figure_paths
+    markdown = report_markdown(table, families, skipped, figure_paths, out_dir)
+    atomic_write_text(out_dir / "report.md", markdown)
+    written.append(out_dir / "report.md")
+    return Report(runs, summary, table, edit_summary, families, skipped, written)
+
+
+def report_markdown(
+    table: pd.DataFrame,
+    families: pd.DataFrame,
+    skipped: Sequence[SkippedRun],
+    figure_paths: Sequence[Path],
+    out_dir: Path,
+) -> str:
+    """report.md: the main table, the per-edit table, the figures (PNG links) and the skipped runs."""
+    parts = [
+        "# Results\n",
+        "Mean ± sample std over seeds; `seeds` counts the runs in each group.\n",
+        to_markdown(table),
+    ]
+    if len(families.columns) > 1:
+        parts += [
+            "\n## µAP per edit family\n",
+            "Queries with the edit family plus all distractor queries, scored by the ISC evaluation.\n",
+            to_markdown(families),
+        ]
+    pngs = [p for p in figure_paths if p.suffix == ".png"]
+    if pngs:
+        parts.append("\n## Figures\n")
+        parts += [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})\n" for p in pngs]
+    if skipped:
+        parts.append("\n## Skipped\n")
+        parts += [f"- `{s.path}`: {s.reason}\n" for s in skipped]
+    return "\n".join(parts)
