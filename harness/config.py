@@ -1,0 +1,489 @@
+"""Typed run configuration: dataclasses with the defaults, YAML files in `configs/`, `--set` overrides.
+
+Precedence, lowest first: the dataclass defaults below, `configs/protocol.yaml` (shared by every
+method), `configs/methods/<method>.yaml`, an explicit `--config FILE`, then `--set key=value`
+overrides and the `--seed` / `--data` flags. Every layer is validated against the dataclasses: an
+unknown key is an error naming the key and the valid ones, and a value of the wrong type is an
+error naming the key and the expected type.
+
+The method's own options live in one section named after the method (`qk: {phase_steps: 50}`),
+typed by the config class the method registered (`methods.get_method(name).config_cls`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import types
+import typing
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.atomic import atomic_write_text
+from harness.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PROTOCOL_FILE = CONFIG_DIR / "protocol.yaml"
+METHOD_CONFIG_DIR = CONFIG_DIR / "methods"
+CONFIG_FILENAME = "config.yaml"
+RECORD_FILENAME = "record.json"
+
+
+@dataclass
+class DataConfig:
+    spec: str = (
+        "synthetic"  # "synthetic" (the generated mini-DISC, cached) or a benchmark directory
+    )
+    synth: dict[str, Any] = field(default_factory=dict)  # overrides of harness.data.SynthParams
+    skip_bad_images: bool = (
+        False  # skip unreadable images (listed in the record) instead of failing
+    )
+    workers: int = 2  # DataLoader workers for descriptor extraction
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet10t"  # any timm model name, built with pretrained=False
+    embedding_dim: int = 128  # descriptor dimension (<= 256 for the ISC descriptor track)
+    image_size: int = 64
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "isc"  # a name from harness.augment; the record lists its full parameters
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # global batch (split evenly across DDP ranks)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.06
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 10  # linear warm-up from lr/warmup_steps, then the schedule
+    budget_kind: Literal["steps", "images", "seconds"] = "steps"
+    budget_value: float = 150  # steps, training images seen (views not counted), or seconds
+    n_views: int = 2  # augmented views per training image
+    checkpoint_every: int = 50  # steps; a checkpoint is also written at the end of training
+    log_every: int = 1  # steps between lines of train_log.jsonl
+    amp: bool = True  # mixed precision (CUDA only; CPU always trains in float32)
+    channels_last: bool = True  # CUDA only
+    num_workers: int = 2  # DataLoader workers for the training stream
+
+
+@dataclass
+class EvalConfig:
+    max_results: int | None = None  # ISC global candidate cap; None = 10 x number of queries
+    knn: int | None = None  # per-query kNN instead of the global cap (not the ISC rule)
+    metric: Literal["l2", "ip"] = "l2"
+    score_norm: bool = True  # also report metrics with training-set score normalization
+    score_norm_beta: float = (
+        1.0  # score' = <q, r> - beta * mean of the query's top-n training scores
+    )
+    score_norm_n: int = 3
+    batch_size: int = 128  # images per batch when extracting descriptors
+    embed_queries_with: Literal["query", "reference"] = "query"  # role used for query images
+
+
+@dataclass
+class RunConfig:
+    method: str
+    method_config: Any  # the registered config dataclass of `method`
+    seed: int = 0
+    run_id: str | None = None  # None: "<method>-<hash of the config>-s<seed>"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "augment": AugmentConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+TOP_LEVEL = ("method", "seed", "run_id")
+
+
+# --- type checking and coercion -----------------------------------------------------------------
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Return `value` checked against (and minimally converted to) the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            args = typing.get_args(tp)
+            if args and args[-1] is not Ellipsis and origin is list:
+                return [_coerce(v, args[0], key) for v in value]
+            if args and origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            return type(value)(value) if origin is None else origin(value)
+    elif isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build_dataclass(cls: type, values: dict[str, Any], where: str):
+    """Instantiate `cls` from `values`, naming unknown keys and wrong types with `where`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
+    types_ = _field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {', '.join(f'{where}.{k}' for k in unknown)}; valid keys in {where}: "
+            f"{', '.join(sorted(types_))}"
+        )
+    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+# --- layering ----------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping at the top level, got {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=0.1` -> (["train", "lr"], 0.1); the value is read as YAML (`null`, `[1, 2]`, `true`)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply_override(tree: dict, path: list[str], value: Any, method: str) -> None:
+    known_top = {*TOP_LEVEL, *SECTIONS, method}
+    if path[0] not in known_top:
+        raise ConfigError(
+            f"--set {'.'.join(path)}: unknown key {path[0]!r}; valid top-level keys: "
+            f"{', '.join(sorted(known_top))}"
+        )
+    if path[0] == "method":
+        raise ConfigError("--set method=...: choose the method with --method")
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _method_entry(method: str):
+    import methods  # noqa: F401  (importing the package registers every method)
+    from methods.registry import get_method
+
+    return get_method(method)
+
+
+def resolve_config(
+    method: str,
+    *,
+    config_path: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+    seed: int | None = None,
+    data: str | None = None,
+) -> RunConfig:
+    """The run configuration for `method`: defaults, YAML layers, then overrides (see module doc)."""
+    _method_entry(method)  # an unknown method fails here, listing the registered ones
+    tree: dict[str, Any] = {}
+    layers = [PROTOCOL_FILE, METHOD_CONFIG_DIR / f"{method}.yaml"]
+    for layer in layers:
+        if layer.is_file():
+            tree = _deep_merge(tree, _load_yaml(layer))
+    if config_path is not None:
+        tree = _deep_merge(tree, _load_yaml(Path(config_path)))
+    if tree.get("method", method) != method:
+        raise ConfigError(
+            f"{config_path}: the file is for method {tree['method']!r}, but --method is {method!r}"
+        )
+    tree["method"] = method
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply_override(tree, path, value, method)
+    if seed is not None:
+        tree["seed"] = seed
+    if data is not None:
+        tree.setdefault("data", {})["spec"] = data
+    return config_from_dict(tree)
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """A RunConfig from its plain-dict form (as in config.yaml); validates every key and type."""
+    if not isinstance(d, dict) or not isinstance(d.get("method"), str):
+        raise ConfigError("a run config needs a top-level `method: NAME`")
+    method = d["method"]
+    entry = _method_entry(method)
+    valid = {*TOP_LEVEL, *SECTIONS, method}
+    unknown = sorted(set(d) - valid)
+    if unknown:
+        other_methods = [k for k in unknown if _is_registered(k)]
+        hint = (
+            f" (the section {other_methods[0]!r} belongs to another method; this run is {method!r})"
+            if other_methods
+            else ""
+        )
+        raise ConfigError(
+            f"unknown key {', '.join(unknown)}{hint}; valid top-level keys: {', '.join(sorted(valid))}"
+        )
+    sections = {
+        name: _build_dataclass(cls, d.get(name) or {}, name) for name, cls in SECTIONS.items()
+    }
+    method_config = _build_dataclass(entry.config_cls, d.get(method) or {}, method)
+    seed = _coerce(d.get("seed", 0), int, "seed")
+    run_id = _coerce(d.get("run_id"), str | None, "run_id")
+    cfg = RunConfig(
+        method=method, method_config=method_config, seed=seed, run_id=run_id, **sections
+    )
+    validate(cfg)
+    if cfg.run_id is None:
+        cfg.run_id = default_run_id(cfg)
+    return cfg
+
+
+def _is_registered(name: str) -> bool:
+    from methods.registry import list_methods
+
+    return name in list_methods()
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject values no run can use; each message names the key."""
+    t = cfg.train
+    if t.budget_value <= 0:
+        raise ConfigError(
+            f"train.budget_value must be > 0 (a budget of {t.budget_value:g} {t.budget_kind} trains "
+            "nothing); use --method none for an untrained baseline"
+        )
+    if t.budget_kind == "steps" and not float(t.budget_value).is_integer():
+        raise ConfigError(f"train.budget_value: a steps budget must be whole, got {t.budget_value}")
+    positive = {
+        "train.batch_size": t.batch_size,
+        "train.checkpoint_every": t.checkpoint_every,
+        "train.log_every": t.log_every,
+        "train.n_views": t.n_views,
+        "model.embedding_dim": cfg.model.embedding_dim,
+        "model.image_size": cfg.model.image_size,
+        "eval.batch_size": cfg.eval.batch_size,
+        "eval.score_norm_n": cfg.eval.score_norm_n,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    for key, value in {
+        "train.lr": t.lr,
+        "train.warmup_steps": t.warmup_steps,
+        "train.num_workers": t.num_workers,
+        "data.workers": cfg.data.workers,
+        "train.weight_decay": t.weight_decay,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if cfg.model.embedding_dim > 256:
+        raise ConfigError(
+            f"model.embedding_dim is {cfg.model.embedding_dim}; the ISC descriptor track allows at most 256"
+        )
+    if cfg.eval.max_results is not None and cfg.eval.knn is not None:
+        raise ConfigError("eval.max_results and eval.knn are exclusive: set one of them to null")
+    for key in ("max_results", "knn"):
+        value = getattr(cfg.eval, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"eval.{key} must be > 0 or null, got {value}")
+    if cfg.data.synth:
+        _check_synth_keys(cfg.data.synth)
+
+
+def _check_synth_keys(synth: dict[str, Any]) -> None:
+    try:
+        from harness.data import SynthParams
+    except ImportError:  # the generator is optional for runs on a real benchmark
+        return
+    valid = {f.name for f in dataclasses.fields(SynthParams)}
+    unknown = sorted(set(synth) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {', '.join(f'data.synth.{k}' for k in unknown)}; valid keys in "
+            f"data.synth: {', '.join(sorted(valid))}"
+        )
+
+
+# --- serialization -----------------------------------------------------------------------------
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain-dict form (YAML/JSON safe); `config_from_dict(config_to_dict(c)) == c`."""
+    out: dict[str, Any] = {"method": cfg.method, "seed": cfg.seed, "run_id": cfg.run_id}
+    for name in SECTIONS:
+        out[name] = dataclasses.asdict(getattr(cfg, name))
+    out[cfg.method] = dataclasses.asdict(cfg.method_config)
+    return out
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Short hash of everything that shapes the result except the seed and the run id."""
+    d = config_to_dict(cfg)
+    d.pop("seed")
+    d.pop("run_id")
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def default_run_id(cfg: RunConfig) -> str:
+    return f"{cfg.method}-{config_hash(cfg)}-s{cfg.seed}"
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / CONFIG_FILENAME
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: no {CONFIG_FILENAME}")
+    try:
+        return config_from_dict(_load_yaml(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def run_is_finished(run_dir: str | Path) -> bool:
+    record = Path(run_dir) / RECORD_FILENAME
+    if not record.is_file():
+        return False
+    try:
+        return json.loads(record.read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def prepare_run_dir(cfg: RunConfig, out_root: str | Path, *, overwrite: bool = False) -> Path:
+    """Create (or reuse, to resume) `out_root/<run_id>` and write its resolved `config.yaml`.
+
+    A directory that holds a finished run (a complete `record.json`) is refused unless `overwrite`;
+    an unfinished one is reused so the run resumes from its last checkpoint, provided its config is
+    the same.
+    """
+    run_dir = Path(out_root) / cfg.run_id
+    if run_dir.exists() and overwrite:
+        # Move aside first so a crash never leaves half of an old run looking like a new one.
+        trash = run_dir.with_name(f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}")
+        run_dir.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    elif run_is_finished(run_dir):
+        raise ConfigError(
+            f"{run_dir} already holds a finished run (record.json); pass --overwrite to run it "
+            "again, or choose another --run-id / --out"
+        )
+    elif (run_dir / CONFIG_FILENAME).is_file():
+        previous = load_run_config(run_dir)
+        if config_to_dict(previous) != config_to_dict(cfg):
+            raise ConfigError(
+                f"{run_dir} holds an unfinished run with a different config; pass --overwrite to "
+                "discard it, or choose another --run-id"
+            )
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG_FILENAME, dump_config(cfg))
+    return run_dir
