@@ -6,10 +6,10 @@ The flow is three pure steps over pandas tables, so each can be tested on fabric
     summary = summarize(loaded.runs)          # one row per group: <metric>_mean, <metric>_std, n_seeds
     table = main_table(summary)               # display strings "mean ± std"; to_markdown / to_latex
 
-A *setting* is the whole resolved config except the seed and the run id; runs with equal settings form
-a group. Its label lists only the keys that take more than one value among the runs of the same method
-(a short, readable name); its `setting_id` hashes the whole setting, so two groups never merge by
-accident when a label is shortened.
+A *setting* is the whole resolved config except the seed (also a method's own `<method>.seed`) and
+the run id; runs with equal settings form a group. Its label lists only the keys that take more than
+one value among the runs of the same method (a short, readable name); `setting_id` hashes the whole
+setting.
 
 Per-edit-type µAP (`edit_family_map`) restricts the ground truth to the queries whose metadata lists the
 edit family, keeps every distractor query, and scores the predictions of those queries with the ISC
@@ -223,12 +223,16 @@ def load_runs(
     rename = {c: f"config.{c}" for c in config_frame.columns if c in reserved}
     config_frame = config_frame.rename(columns=rename)
     ignored = set(ignored_keys) | {rename.get(k, k) for k in ignored_keys}
+    # A method's own seed key (`qk.seed`) follows the run's seed: it never defines a setting.
+    ignored |= {c for c in config_frame.columns if c.endswith(".seed")}
     config_columns = [c for c in config_frame.columns if c not in ignored]
     if runs.empty:
         runs = pd.DataFrame(columns=[*rows[0].keys()] if rows else ["run_id", "method", "seed"])
         return LoadedRuns(runs=runs, skipped=skipped, config_columns=[])
     runs = pd.concat([runs, config_frame], axis=1)
-    runs["setting_id"] = [_setting_hash(configs[i], ignored) for i in range(len(configs))]
+    runs["setting_id"] = [
+        _setting_hash({rename.get(k, k): v for k, v in flat.items()}, ignored) for flat in configs
+    ]
     runs["setting"] = setting_labels(runs, config_columns)
     runs = runs.sort_values(["method", "setting", "seed"], kind="stable").reset_index(drop=True)
     return LoadedRuns(runs=runs, skipped=skipped, config_columns=config_columns)
@@ -248,7 +252,8 @@ def setting_labels(runs: pd.DataFrame, config_columns: Sequence[str]) -> list[st
     """A short label per run: `key=value` for each config key that varies among its method's runs.
 
     Keys of the method's own section lose their prefix (`qk.num_negatives` -> `num_negatives`).
-    Runs of a method whose settings are all equal are labelled "default".
+    A null (unset) value reads `key=null`. Runs of a method whose settings are all equal are
+    labelled "default".
     """
     labels = [""] * len(runs)
     for method, rows in runs.groupby("method", sort=False):
@@ -262,10 +267,8 @@ def setting_labels(runs: pd.DataFrame, config_columns: Sequence[str]) -> list[st
             parts = []
             for column in varying:
                 value = row[column]
-                if _is_missing(value):
-                    continue
                 key = column.removeprefix(f"{method}.")
-                parts.append(f"{key}={_format_value(value)}")
+                parts.append(f"{key}={'null' if _is_missing(value) else _format_value(value)}")
             labels[runs.index.get_loc(index)] = ", ".join(parts) or "default"
     return labels
 
@@ -446,7 +449,7 @@ def edit_family_map(gt, metadata: pd.DataFrame, predictions) -> dict[str, dict[s
             continue  # a family seen only on distractors has no µAP
         metrics = evaluate(family_gt, restrict_predictions(predictions, family_gt.queries))
         result[family] = {
-            "map": float(metrics.to_dict()["average_precision"]),
+            "map": _as_float(metrics.to_dict()["average_precision"]),
             "n_gt": float(len(family_gt.query)),
         }
     return result
@@ -716,3 +719,183 @@ def report_markdown(
         parts.append("\n## Skipped\n")
         parts += [f"- `{s.path}`: {s.reason}\n" for s in skipped]
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# The paper comparison (`python -m harness figures paper`)
+
+# The seed paper's own figures (DISC21 phase 1 µAP, QK iteration against a SimCLR-style method with
+# in-batch negatives only). Quoted next to ours for orientation: a different benchmark and budget.
+SEED_REPORTED = {"qk": 0.3403, "simclr": 0.2001}
+PAPER_METHOD = "qk"
+PAPER_BASELINES = ("simclr", "moco", "membank", "none")
+METHOD_NAMES = {
+    "qk": "QK iteration",
+    "simclr": "SimCLR-style (in-batch negatives)",
+    "moco": "MoCo",
+    "membank": "memory bank",
+    "none": "untrained backbone",
+}
+
+
+@dataclass(frozen=True)
+class Difference:
+    """Mean µAP of `method` minus that of `baseline`, with the spread of that difference."""
+
+    method: str
+    baseline: str
+    delta: float
+    standard_error: float  # Welch: sqrt(s_a²/n_a + s_b²/n_b); NaN with fewer than 2 seeds a side
+    n_method: int
+    n_baseline: int
+
+
+def mean_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(mean(a) − mean(b), its standard error sqrt(var_a/n_a + var_b/n_b)); sample variances."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan, math.nan
+    delta = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return delta, math.nan
+    return delta, float(math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+
+
+def main_comparison_runs(runs: pd.DataFrame, sweep_dir: str | os.PathLike | None) -> pd.Series:
+    """Which runs form the equal-budget comparison (a boolean per run).
+
+    With the sweep's manifest.json, those whose grid point sets nothing but the method and the seed
+    (the sweep's main product; the negatives sweeps set their own keys). Without one, per method, the
+    group with the most seeds (ties: the first by name).
+    """
+    manifest = Path(sweep_dir) / "manifest.json" if sweep_dir is not None else None
+    if manifest is not None and manifest.is_file():
+        try:
+            entries = json.loads(manifest.read_text(encoding="utf-8")).get("runs", [])
+        except (OSError, ValueError) as err:
+            raise InputError(f"{manifest}: unreadable sweep manifest: {err}") from err
+        main_ids = {
+            str(e["run_id"]) for e in entries if set(e.get("point", {})) <= {"method", "seed"}
+        }
+        return runs["run_id"].astype(str).isin(main_ids)
+    sizes = runs.groupby(["method", "group"]).size().reset_index(name="n")
+    sizes = sizes.sort_values(["method", "n", "group"], ascending=[True, False, True])
+    chosen = set(sizes.drop_duplicates("method")["group"])
+    return runs["group"].isin(chosen)
+
+
+def paper_differences(main_runs: pd.DataFrame, metric: str = "map") -> list[Difference]:
+    """QK minus each baseline present, over the per-seed values of `metric`."""
+    values = {m: rows[metric].dropna().to_numpy() for m, rows in main_runs.groupby("method")}
+    if PAPER_METHOD not in values:
+        return []
+    out = []
+    for baseline in PAPER_BASELINES:
+        if baseline in values:
+            delta, se = mean_difference(values[PAPER_METHOD], values[baseline])
+            out.append(
+                Difference(
+                    PAPER_METHOD,
+                    baseline,
+                    delta,
+                    se,
+                    len(values[PAPER_METHOD]),
+                    len(values[baseline]),
+                )
+            )
+    return out
+
+
+def describe_difference(diff: Difference, metric_name: str = "µAP") -> str:
+    """One sentence: the direction, the size with its standard error, and whether seeds resolve it."""
+    name, base = (
+        METHOD_NAMES.get(diff.method, diff.method),
+        METHOD_NAMES.get(diff.baseline, diff.baseline),
+    )
+    if math.isnan(diff.delta):
+        return f"{name} vs {base}: no runs to compare."
+    direction = "higher" if diff.delta > 0 else "lower" if diff.delta < 0 else "equal"
+    text = f"{name} vs {base}: {metric_name} {direction} by {abs(diff.delta):.4f}"
+    if math.isnan(diff.standard_error):
+        return text + f" (one seed on a side, n = {diff.n_method}/{diff.n_baseline}: no spread)."
+    text += f" ± {diff.standard_error:.4f} (standard error, n = {diff.n_method}/{diff.n_baseline} seeds)"
+    if abs(diff.delta) >= 2 * diff.standard_error:
+        return text + "; larger than two standard errors."
+    return text + "; within two standard errors: these seeds do not separate them."
+
+
+def paper_summary(
+    runs: pd.DataFrame,
+    summary: pd.DataFrame,
+    main: pd.Series,
+    *,
+    sweep_name: str,
+    sweep_dir: str,
+    skipped: Sequence[SkippedRun] = (),
+) -> str:
+    """The Markdown summary of the paper comparison: the equal-budget table, each QK − baseline
+    difference with its spread, the negatives sweeps, and the seed paper's numbers beside them."""
+    main_runs = runs[main]
+    main_summary = summary[summary["group"].isin(set(main_runs["group"]))]
+    lines = [
+        f"# Paper comparison: `{sweep_name}`\n",
+        f"{len(runs)} complete runs from `{sweep_dir}`"
+        + (f" ({len(skipped)} skipped, listed in report.md)" if skipped else "")
+        + f". Benchmark: `{', '.join(sorted({str(p) for p in runs['benchmark_path']}))}`.\n",
+        "## Equal budget\n",
+        "Mean ± sample std over seeds.\n",
+        to_markdown(main_table(main_summary)),
+        "## Differences\n",
+        "QK iteration minus each baseline (difference of the seed means ± its standard error):\n",
+    ]
+    for metric, metric_name in (("map", "µAP"), ("map_normalized", "score-normalized µAP")):
+        if metric in main_runs and main_runs[metric].notna().any():
+            lines += [
+                f"- {describe_difference(d, metric_name)}"
+                for d in paper_differences(main_runs, metric)
+            ]
+    if not paper_differences(main_runs):
+        lines.append("- no QK runs in the equal-budget comparison: nothing to compare.")
+    reported = SEED_REPORTED["qk"] - SEED_REPORTED["simclr"]
+    lines += [
+        "",
+        f"For orientation, the QK iteration paper reports µAP {SEED_REPORTED['qk']:.4f} for QK against "
+        f"{SEED_REPORTED['simclr']:.4f} for a SimCLR-style method with in-batch negatives "
+        f"(+{reported:.4f}) on DISC21 phase 1. That is not this benchmark (size, images, budget and "
+        "backbone all differ), so only the direction of the difference is comparable.\n",
+    ]
+    sweeps = summary[summary["method"].isin(["qk", "moco"])]
+    varied = sweeps.groupby("method")["negatives_per_step_mean"].nunique()
+    for method in varied[varied > 1].index:
+        rows = sweeps[sweeps["method"] == method].sort_values("negatives_per_step_mean")
+        if not lines[-1].startswith("## Negatives"):
+            lines.append("## Negatives per step\n")
+        points = ", ".join(
+            f"{r['negatives_per_step_mean']:,.0f}: {format_mean_std(r['map_mean'], r['map_std'], 4)}"
+            for _, r in rows.iterrows()
+        )
+        lines.append(f"- {METHOD_NAMES.get(method, method)} (negatives: µAP): {points}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def build_paper_report(
+    sweep_dir: str | os.PathLike, out_dir: str | os.PathLike, *, sweep_name: str
+) -> tuple[Report, str]:
+    """The report over one sweep directory plus `summary.md` (see `paper_summary`)."""
+    from harness.atomic import atomic_write_text
+
+    built = build_report([sweep_dir], out_dir)
+    main = main_comparison_runs(built.runs, sweep_dir)
+    text = paper_summary(
+        built.runs,
+        built.summary,
+        main,
+        sweep_name=sweep_name,
+        sweep_dir=str(sweep_dir),
+        skipped=built.skipped,
+    )
+    path = Path(out_dir) / "summary.md"
+    atomic_write_text(path, text)
+    built.written.append(path)
+    return built, text
