@@ -1,0 +1,110 @@
+"""`python -m harness sweep FILE`: expand a grid of runs and submit it as one job array."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "sweep"
+HELP = "run a grid of configurations (methods x seeds x config keys) as one job array"
+DESCRIPTION = """\
+Expand the grid of a sweep file (configs/sweeps/*.yaml) into runs and submit them as one job array.
+
+  python -m harness sweep configs/sweeps/tiny.yaml --dry-run       # the table of runs, nothing written
+  python -m harness sweep configs/sweeps/negatives.yaml --launcher slurm --slurm-profile example
+  python -m harness status results/sweeps/negatives                # pending/running/done/failed
+
+The sweep directory (default results/sweeps/<name>) holds the manifest tying run ids to grid points,
+the runs and submitit's logs. Running the same sweep again resumes it: finished runs are kept,
+failed and never-submitted ones are submitted again, queued or running ones are left alone.
+A directory that holds a different sweep is refused.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_file", help="the sweep file, e.g. configs/sweeps/tiny.yaml")
+    parser.add_argument(
+        "--launcher",
+        choices=("slurm", "local", "debug"),
+        default=None,
+        help="where the runs go (default: the file's `launcher`, else slurm). local runs them on "
+        "this machine array_parallelism at a time and waits; debug runs them one by one in this process",
+    )
+    parser.add_argument(
+        "--slurm-profile",
+        metavar="NAME|PATH",
+        default=None,
+        help="configs/slurm/NAME.yaml or a YAML path (default: the file's `slurm_profile`)",
+    )
+    parser.add_argument(
+        "--slurm-set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a profile key, e.g. --slurm-set time_min=30 (repeatable)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="sweep directory (default: results/sweeps/<name>)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the table of runs; write and submit nothing"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="block until every SLURM job has finished, then print the status",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=24 * 3600, help="seconds --wait waits at most"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.launch import format_table, load_profile, wait_jobs
+    from harness.sweep import (
+        load_sweep_spec,
+        prepare_sweep,
+        resolve_runs,
+        run_states,
+        status_table,
+        submit_sweep_runs,
+    )
+
+    spec = load_sweep_spec(args.sweep_file)
+    resolved = resolve_runs(spec)
+    launcher = args.launcher or spec.launcher
+    overrides = [f"{k}={v}" for k, v in spec.slurm.items()] + list(args.slurm_set)
+    profile = load_profile(args.slurm_profile or spec.slurm_profile, overrides)
+    sweep_dir = args.out or Path("results") / "sweeps" / spec.name
+    if args.dry_run:
+        rows = [
+            (run.index, run.run_id, " ".join(f"{k}={v}" for k, v in run.point.items()))
+            for run, _ in resolved
+        ]
+        print(format_table(("#", "run", "grid point"), rows))
+        print(
+            f"\n{len(rows)} runs -> {sweep_dir} as one {launcher} job array (nothing submitted: --dry-run)"
+        )
+        return 0
+    manifest = prepare_sweep(spec, sweep_dir, resolved)
+    states = run_states(sweep_dir, manifest)
+    todo = [s.run_id for s in states if s.state in ("unsubmitted", "failed")]
+    kept = len(states) - len(todo)
+    if not todo:
+        print(f"{sweep_dir}: nothing to submit ({kept} runs done or in the queue)")
+        print(status_table(states))
+        return 0
+    jobs = submit_sweep_runs(sweep_dir, todo, launcher=launcher, profile=profile)
+    print(f"submitted {len(todo)} runs of {spec.name} ({launcher}, {kept} kept) -> {sweep_dir}")
+    if launcher == "slurm" and jobs:
+        print(
+            f"array job {jobs[0].job_id.split('_')[0]}; follow with: python -m harness status {sweep_dir}"
+        )
+        if args.wait:
+            wait_jobs(jobs, timeout_s=args.timeout, poll_s=5)
+    states = run_states(sweep_dir)
+    if launcher != "slurm" or args.wait:
+        print(status_table(states))
+    return (
+        1 if any(s.state == "failed" for s in states) and (launcher != "slurm" or args.wait) else 0
+    )

@@ -1,0 +1,447 @@
+"""Launch runs in this process, through submitit's local/debug executors, or on SLURM.
+
+What a job receives is a run directory (a path) and nothing else: the run's config is already in
+`run_dir/config.yaml` and its state in `run_dir/checkpoints/`, so the pickle submitit writes is a few
+hundred bytes and no model or dataset ever travels through it.
+
+Signals: submitit is the only layer that handles SLURM's signals. On USR2 (timeout or preemption) it
+calls `RunJob.checkpoint`, which returns a fresh `RunJob` for the same run directory, and requeues
+the job; the requeued job resumes from the trainer's last atomic checkpoint. Nothing else in the
+harness installs SIGUSR/SIGTERM handlers (no Lightning), so the two can never fight.
+
+SLURM parameters come from a profile, `configs/slurm/<name>.yaml`, with `key=value` overrides; the
+mapping of profile keys to sbatch options is in slurm/README.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import ConfigError, HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_DIR = REPO_ROOT / "configs" / "slurm"
+
+# "inline" runs in the calling process: progress bars on the terminal, Ctrl-C works, a traceback is
+# shown where it happened, and nothing is pickled. It is the default for `run`; the others go
+# through submitit (local: a child process with submitit's timeout/requeue handling; debug:
+# submitit's in-process executor, handy to check that a job pickles; slurm: sbatch).
+LAUNCHERS = ("inline", "local", "debug", "slurm")
+
+# sacct states, folded into what `status` shows.
+_SLURM_STATE_MAP = {
+    "PENDING": "pending",
+    "REQUEUED": "pending",
+    "REQUEUE_HOLD": "pending",
+    "REQUEUE_FED": "pending",
+    "RESV_DEL_HOLD": "pending",
+    "CONFIGURING": "running",
+    "RUNNING": "running",
+    "COMPLETING": "running",
+    "RESIZING": "running",
+    "SUSPENDED": "running",
+    "STAGE_OUT": "running",
+    "SIGNALING": "running",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CANCELLED": "cancelled",
+    "TIMEOUT": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "NODE_FAIL": "failed",
+    "PREEMPTED": "pending",  # with JobRequeue the job comes back
+    "BOOT_FAIL": "failed",
+    "DEADLINE": "failed",
+    "REVOKED": "failed",
+}
+
+
+@dataclass
+class SlurmProfile:
+    """Resources of one job; `configs/slurm/*.yaml` sets these keys (slurm/README.md maps them)."""
+
+    partition: str | None = None  # sbatch --partition
+    account: str | None = None  # --account
+    qos: str | None = None  # --qos
+    nodes: int = 1  # --nodes
+    gpus_per_node: int = 0  # --gpus-per-node; also the number of tasks per node (one per GPU)
+    cpus_per_task: int = 2  # --cpus-per-task
+    mem_gb: float | None = None  # --mem (per node); None: the partition's default
+    time_min: int = 60  # --time; submitit sends USR2 signal_delay_s before the end
+    constraint: str | None = None  # --constraint
+    array_parallelism: int = 64  # sweeps: --array=0-N%array_parallelism
+    signal_delay_s: int = 120  # --signal=USR2@signal_delay_s: time to reach a checkpoint
+    max_requeues: int = 3  # timeouts that are requeued (preemptions are always requeued)
+    setup: list[str] = field(
+        default_factory=list
+    )  # shell lines run before the job (module load ...)
+    extra_sbatch: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, verbatim
+
+    def tasks_per_node(self) -> int:
+        # One process per GPU; torch.distributed is set up from submitit's environment.
+        return max(1, self.gpus_per_node)
+
+
+def _profile_types() -> dict[str, Any]:
+    return {
+        "partition": (str, type(None)),
+        "account": (str, type(None)),
+        "qos": (str, type(None)),
+        "nodes": int,
+        "gpus_per_node": int,
+        "cpus_per_task": int,
+        "mem_gb": (int, float, type(None)),
+        "time_min": int,
+        "constraint": (str, type(None)),
+        "array_parallelism": int,
+        "signal_delay_s": int,
+        "max_requeues": int,
+        "setup": list,
+        "extra_sbatch": dict,
+    }
+
+
+def profile_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(SlurmProfile)]
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    expected = _profile_types()[key]
+    if isinstance(value, bool) or not isinstance(value, expected):
+        names = (
+            expected.__name__
+            if isinstance(expected, type)
+            else " or ".join(t.__name__ for t in expected)
+        )
+        raise ConfigError(f"{where}: {key} must be {names}, got {value!r}")
+    if key in ("nodes", "cpus_per_task", "time_min", "array_parallelism") and value < 1:
+        raise ConfigError(f"{where}: {key} must be >= 1, got {value}")
+    if key in ("gpus_per_node", "signal_delay_s", "max_requeues") and value < 0:
+        raise ConfigError(f"{where}: {key} must be >= 0, got {value}")
+    return value
+
+
+def _apply_profile_values(values: dict[str, Any], where: str, base: dict[str, Any]) -> None:
+    valid = profile_keys()
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(
+                f"{where}: unknown SLURM profile key {key!r}; valid keys: {', '.join(valid)}"
+            )
+        base[key] = _check_value(key, value, where)
+
+
+def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
+    """A profile name (`local` -> configs/slurm/local.yaml) or a path to a YAML file."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+    else:
+        path = PROFILE_DIR / f"{text}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+        raise ConfigError(
+            f"SLURM profile {text!r} not found ({path}); known profiles: {', '.join(known)}"
+        )
+    return path
+
+
+def load_profile(
+    name_or_path: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+) -> SlurmProfile:
+    """Profile from YAML (or the defaults when None) plus `key=value` overrides.
+
+    Override values are parsed as YAML (`time_min=30`, `partition=gpu`, `setup=[a, b]`);
+    `extra_sbatch.NAME=VALUE` sets a single extra sbatch option.
+    """
+    values = dataclasses.asdict(SlurmProfile())
+    if name_or_path is not None:
+        path = resolve_profile_path(name_or_path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{line}: invalid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a SLURM profile must be a mapping of keys to values")
+        _apply_profile_values(data, str(path), values)
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--slurm-set {text!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--slurm-set {text!r}: cannot parse the value: {err}") from err
+        if key.startswith("extra_sbatch."):
+            values["extra_sbatch"] = {**values["extra_sbatch"], key.split(".", 1)[1]: value}
+            continue
+        _apply_profile_values({key: value}, f"--slurm-set {text!r}", values)
+    return SlurmProfile(**values)
+
+
+def make_executor(
+    launcher: str, folder: str | os.PathLike, profile: SlurmProfile, *, job_name: str
+):
+    """A submitit executor whose logs and pickles go to `folder` (inside a run or sweep directory)."""
+    import submitit
+
+    folder = Path(folder)
+    if launcher == "slurm":
+        if shutil.which("sbatch") is None:
+            raise HarnessError(
+                "--launcher slurm: sbatch not found (is SLURM installed and on PATH?)"
+            )
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+        params: dict[str, Any] = {
+            "job_name": job_name,
+            "nodes": profile.nodes,
+            "ntasks_per_node": profile.tasks_per_node(),
+            "cpus_per_task": profile.cpus_per_task,
+            "time": profile.time_min,
+            "signal_delay_s": profile.signal_delay_s,
+            "array_parallelism": profile.array_parallelism,
+            "setup": list(profile.setup),
+            "additional_parameters": dict(profile.extra_sbatch),
+        }
+        if profile.gpus_per_node:
+            params["gpus_per_node"] = profile.gpus_per_node
+        if profile.mem_gb is not None:
+            params["mem"] = f"{max(1, round(profile.mem_gb * 1024))}M"
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(profile, key) is not None:
+                params[key] = getattr(profile, key)
+        executor.update_parameters(**params)
+        return executor
+    if launcher == "local":
+        executor = submitit.LocalExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+        # submitit's local default timeout is 2 minutes; use the profile's.
+        executor.update_parameters(
+            timeout_min=profile.time_min,
+            tasks_per_node=1 if profile.gpus_per_node <= 1 else profile.gpus_per_node,
+            gpus_per_node=profile.gpus_per_node,
+            signal_delay_s=profile.signal_delay_s,
+            setup=list(profile.setup),
+        )
+        return executor
+    if launcher == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    raise ConfigError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+
+
+def _export_distributed_env() -> None:
+    """In a multi-task submitit job, export MASTER_ADDR/RANK/WORLD_SIZE/LOCAL_RANK for torch."""
+    import submitit
+
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job
+        return
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
+
+
+def _default_target(run_dir: Path) -> dict:
+    from harness.pipeline import execute_run_dir
+
+    return execute_run_dir(run_dir, progress=False)
+
+
+class RunJob:
+    """The callable submitit runs: execute one run directory; checkpointable for requeues.
+
+    `target` is `harness.pipeline.execute_run_dir` unless given (tests pass a tiny stand-in); it
+    must be idempotent: return the finished record without re-running, or resume from the run
+    directory's checkpoint.
+    """
+
+    def __init__(self, target: Callable[[Path], Any] | None = None):
+        self.target = target
+
+    def __call__(self, run_dir: str) -> Any:
+        _export_distributed_env()
+        target = self.target or _default_target
+        return target(Path(run_dir))
+
+    def checkpoint(self, run_dir: str):
+        # The state is already on disk (the trainer's last atomic checkpoint); requeue a fresh
+        # callable for the same directory rather than pickling anything from this process.
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(RunJob(self.target), run_dir)
+
+
+def submit_runs(
+    launcher: str,
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    folder: str | os.PathLike,
+    profile: SlurmProfile,
+    job_name: str,
+    target: Callable[[Path], Any] | None = None,
+):
+    """Submit one job per run directory; more than one go out as a single job array."""
+    executor = make_executor(launcher, folder, profile, job_name=job_name)
+    args = [str(Path(d).resolve()) for d in run_dirs]
+    try:
+        if len(args) == 1:
+            return [executor.submit(RunJob(target), args[0])]
+        return executor.map_array(RunJob(target), args)
+    except subprocess.CalledProcessError as err:
+        # sbatch's own message (bad partition, account, qos ...) is the useful part: show it as is.
+        output = err.output.decode() if isinstance(err.output, bytes) else str(err.output or "")
+        raise HarnessError(f"sbatch refused the job:\n{output.strip()}") from err
+    except Exception as err:
+        if type(err).__name__ == "FailedJobError":
+            raise HarnessError(f"sbatch refused the job:\n{err}") from err
+        raise
+
+
+def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """sacct's state of each job id (`123` or `123_4`), folded to pending/running/completed/...
+
+    Ids sacct does not know (yet) are missing from the result.
+    """
+    ids = sorted({str(j) for j in job_ids})
+    if not ids or shutil.which("sacct") is None:
+        return {}
+    try:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return {}
+    states: dict[str, str] = {}
+    for line in out.splitlines():
+        job_id, _, state = line.partition("|")
+        word = state.split()[0] if state.split() else ""
+        states[job_id.strip()] = _SLURM_STATE_MAP.get(word, word.lower() or "unknown")
+    return states
+
+
+def local_job_alive(job_id: str) -> bool:
+    """A local submitit job's id is the pid of its controller process."""
+    try:
+        status = Path(f"/proc/{int(job_id)}/status").read_text()
+    except (OSError, ValueError):
+        return False
+    return "\nState:\tZ" not in status
+
+
+def job_failure(folder: str | os.PathLike, job_id: str, *, lines: int = 8) -> str | None:
+    """The last lines of a job's traceback from submitit's result pickle or its stderr, if any."""
+    import submitit
+
+    paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
+    if paths.result_pickle.exists():
+        try:
+            outcome, payload = submitit.core.utils.pickle_load(paths.result_pickle)
+        except Exception:  # a half-written pickle: fall back to the log
+            outcome, payload = "error", None
+        if outcome == "success":
+            return None
+        if payload:
+            return "\n".join(str(payload).rstrip().splitlines()[-lines:])
+    if paths.stderr.exists():
+        text = paths.stderr.read_text(errors="replace").rstrip().splitlines()
+        tb = [i for i, line in enumerate(text) if line.startswith("Traceback")]
+        if tb:
+            return "\n".join(text[tb[-1] :][-lines:])
+        return "\n".join(text[-lines:]) if text else None
+    return None
+
+
+def wait_jobs(jobs: Sequence[Any], *, timeout_s: float, poll_s: float = 2.0) -> None:
+    """Wait until every submitit job is done, bounded: raise HarnessError on timeout."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(jobs)
+    while pending:
+        pending = [job for job in pending if not job.done()]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            ids = ", ".join(job.job_id for job in pending)
+            raise HarnessError(f"jobs still not done after {timeout_s:.0f}s: {ids}")
+        time.sleep(poll_s)
+
+
+def write_launch_info(run_dir: Path, launcher: str, job_id: str, folder: Path) -> None:
+    from harness.atomic import atomic_write_json
+
+    atomic_write_json(
+        run_dir / "launch.json",
+        {
+            "launcher": launcher,
+            "job_id": job_id,
+            "log_folder": os.path.join(os.path.relpath(folder, run_dir), "%j"),
+            "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def launch_run_dir(
+    run_dir: str | os.PathLike,
+    launcher: str = "inline",
+    *,
+    profile: SlurmProfile | None = None,
+    wait: bool | None = None,
+    target: Callable[[Path], Any] | None = None,
+) -> Any:
+    """Execute a prepared run directory with `launcher`.
+
+    inline/debug/local return the record (local waits for its child). slurm returns the submitted
+    job unless `wait` is true; the job's logs are in `run_dir/slurm/`.
+    """
+    run_dir = Path(run_dir)
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
+    if launcher == "inline":
+        if target is not None:
+            return target(run_dir)
+        from harness.pipeline import execute_run_dir
+
+        return execute_run_dir(run_dir, progress=True)
+    profile = profile or load_profile(None)
+    folder = run_dir / "slurm" if launcher == "slurm" else run_dir / "submitit"
+    (job,) = submit_runs(
+        launcher,
+        [run_dir],
+        folder=folder / "%j",
+        profile=profile,
+        job_name=run_dir.name,
+        target=target,
+    )
+    write_launch_info(run_dir, launcher, job.job_id, folder)
+    print(
+        f"submitted {run_dir.name} as {launcher} job {job.job_id}; logs: {folder}", file=sys.stderr
+    )
+    if launcher == "slurm" and not wait:
+        return job
+    return job.results()[0]  # rank 0's result (a multi-GPU job has one task per GPU)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in header]] + [
+        ["" if c is None else str(c) for c in row] for row in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
