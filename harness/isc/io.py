@@ -81,7 +81,7 @@ def _split_header(
         if header != columns:
             raise InputError(
                 f"{path}:{lines[0]}: unknown columns {','.join(header)!r}, "
-                f"expected {','.join(columns)}"
+                f"expected {','.join(columns)} (if this is a data row, a field is malformed)"
             )
         cells, lines = cells[1:], lines[1:]
     return cells, lines
@@ -156,10 +156,12 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
     cells, _ = _read_csv_cells(path, PREDICTION_COLUMNS)
 
     def looks_like_header(row) -> bool:
-        return (
-            pd.to_numeric(pd.Series([row[2]]), errors="coerce").isna().all()
-            and str(row[2]).strip() != ""
-        )
+        # A first row whose score does not parse as a number ("nan" and "inf" do) is a header.
+        try:
+            float(str(row[2]))
+        except ValueError:
+            return True
+        return False
 
     cells, lines = _split_header(path, cells, PREDICTION_COLUMNS, looks_like_header)
     if len(cells) == 0:
@@ -243,6 +245,20 @@ def write_descriptors(path: str | os.PathLike, **splits: Descriptors) -> None:
                 handle.create_dataset(f"{split}_ids", data=ids.astype(bytes))
 
 
+def descriptor_splits(path: str | os.PathLike) -> list[str]:
+    """The descriptor splits (`query`, `reference`, `training`) present in an HDF5 file."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        with h5py.File(path, "r") as handle:
+            return [name for name in DESCRIPTOR_SPLITS if name in handle]
+    except OSError as err:
+        raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
 def read_descriptors(
     path: str | os.PathLike, split: str | None = None, *, max_dim: int = MAX_DESCRIPTOR_DIM
 ) -> Descriptors:
@@ -317,5 +333,5 @@ def read_descriptors(
         raise InputError(f"{where}: row {int(empty[0])} has an empty id")
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise InputError(f"{where}: duplicate id {unique[counts > 1][0]!r}")
+        raise InputError(f"{where}: duplicate id {str(unique[counts > 1][0])!r}")
     return Descriptors(ids=ids, features=features)

@@ -1,0 +1,224 @@
+"""ISC file I/O: round trips, the official layouts, and one clear error per kind of bad input."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from harness.errors import InputError
+from harness.isc import (
+    Descriptors,
+    GroundTruth,
+    Predictions,
+    read_descriptors,
+    read_ground_truth,
+    read_predictions,
+    search,
+    write_descriptors,
+    write_ground_truth,
+    write_predictions,
+)
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ground_truth_with_distractors_and_two_references(tmp_path):
+    path = write(tmp_path / "gt.csv", "query_id,reference_id\nQ1,R1\nQ2,\nQ1,R2\nQ3,R3\n")
+    gt = read_ground_truth(path)
+    assert gt.queries.tolist() == ["Q1", "Q2", "Q3"]
+    assert list(zip(gt.query.tolist(), gt.reference.tolist(), strict=True)) == [
+        ("Q1", "R1"),
+        ("Q1", "R2"),
+        ("Q3", "R3"),
+    ]
+
+
+def test_ground_truth_header_is_optional_and_round_trips(tmp_path):
+    gt = read_ground_truth(write(tmp_path / "gt.csv", "Q1,R1\nQ2,\n"))
+    assert gt.queries.tolist() == ["Q1", "Q2"] and gt.n_gt == 1
+    write_ground_truth(tmp_path / "again.csv", gt)
+    again = read_ground_truth(tmp_path / "again.csv")
+    assert again.queries.tolist() == gt.queries.tolist()
+    assert again.reference.tolist() == gt.reference.tolist()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("query_id,reference_id\nQ1,R1\nQ1,R1\n", r"gt.csv:3: duplicate"),
+        ("query_id,reference_id\nQ1,R1,extra\n", r"gt.csv.*(fields|malformed)"),
+        ("query,db\nQ1,R1\n", r"gt.csv:1: unknown columns"),
+        ("Q1,R1\n,R2\n", r"gt.csv:2: empty query_id"),
+        ("Q1,R1\nQ1,\n", r"gt.csv:1: query Q1 .*distractor"),
+        ("", r"gt.csv: the file is empty"),
+    ],
+)
+def test_bad_ground_truth(tmp_path, text, message):
+    with pytest.raises(InputError, match=message):
+        read_ground_truth(write(tmp_path / "gt.csv", text))
+
+
+# ---------------------------------------------------------------------------------------------
+# Predictions
+# ---------------------------------------------------------------------------------------------
+
+
+def test_predictions_round_trip_keeps_full_precision(tmp_path):
+    scores = np.array([0.1 + 1e-12, -3.25, 1e-30])
+    predictions = Predictions(query=["Q1", "Q1", "Q2"], reference=["R1", "R2", "R1"], score=scores)
+    write_predictions(tmp_path / "p.csv", predictions)
+    assert (tmp_path / "p.csv").read_text().splitlines()[0] == "query_id,reference_id,score"
+    again = read_predictions(tmp_path / "p.csv")
+    assert again.query.tolist() == ["Q1", "Q1", "Q2"]
+    np.testing.assert_array_equal(again.score, scores)
+
+
+def test_predictions_without_header_and_with_blank_lines(tmp_path):
+    p = read_predictions(write(tmp_path / "p.csv", "Q1,R1,0.5\n\nQ2,R2,-1e3\n"))
+    assert p.score.tolist() == [0.5, -1000.0]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # malformed lines
+        ("query_id,reference_id,score\nQ1,R1,0.5\nQ2,R2,0.5,9\n", r"p.csv.*line 3"),
+        ("Q1,R1,0.5\nQ2,R2\n", r"p.csv:2: score '' is not a finite number"),
+        ("Q1,,0.5\n", r"p.csv:1: empty reference_id"),
+        # unknown columns
+        ("query,db,similarity\nQ1,R1,0.5\n", r"p.csv:1: unknown columns"),
+        # non-numeric or NaN scores (line numbers count the header and blank lines)
+        ("query_id,reference_id,score\nQ1,R1,0.5\n\nQ2,R2,high\n", r"p.csv:4: score 'high'"),
+        ("Q1,R1,nan\n", r"p.csv:1: score 'nan' is not a finite number"),
+        ("Q1,R1,inf\n", r"p.csv:1: score 'inf'"),
+        # duplicate pairs
+        (
+            "Q1,R1,0.5\nQ2,R1,0.4\nQ1,R1,0.3\n",
+            r"p.csv:3: duplicate prediction Q1,R1 \(first on line 1\)",
+        ),
+        # empty file, header only
+        ("", r"p.csv: the file is empty"),
+        ("query_id,reference_id,score\n", r"p.csv: no predictions"),
+    ],
+)
+def test_bad_predictions(tmp_path, text, message):
+    with pytest.raises(InputError, match=message):
+        read_predictions(write(tmp_path / "p.csv", text))
+
+
+def test_missing_file_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        read_predictions(tmp_path / "absent.csv")
+
+
+# ---------------------------------------------------------------------------------------------
+# Descriptors
+# ---------------------------------------------------------------------------------------------
+
+
+def descriptors(ids, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return Descriptors(ids=ids, features=rng.standard_normal((len(ids), d)).astype(np.float32))
+
+
+def test_descriptors_official_layout_sorted_by_id(tmp_path):
+    query = descriptors(["Q2", "Q0", "Q1"])
+    reference = descriptors(["R1", "R0"], seed=1)
+    write_descriptors(tmp_path / "d.h5", query=query, reference=reference)
+    with h5py.File(tmp_path / "d.h5") as handle:
+        assert sorted(handle) == ["query", "query_ids", "reference", "reference_ids"]
+        assert handle["query"].dtype == np.float32
+        assert handle["query_ids"][()].tolist() == [b"Q0", b"Q1", b"Q2"]
+    again = read_descriptors(tmp_path / "d.h5", "query")
+    assert again.ids.tolist() == ["Q0", "Q1", "Q2"]
+    np.testing.assert_array_equal(again.features, query.features[[1, 2, 0]])
+
+
+def test_only_split_is_read_without_naming_it(tmp_path):
+    write_descriptors(tmp_path / "t.h5", training=descriptors(["T1", "T0"]))
+    assert read_descriptors(tmp_path / "t.h5").ids.tolist() == ["T0", "T1"]
+    write_descriptors(tmp_path / "two.h5", query=descriptors(["Q0"]), reference=descriptors(["R0"]))
+    with pytest.raises(InputError, match="exactly one descriptor split"):
+        read_descriptors(tmp_path / "two.h5")
+
+
+def raw_h5(path, split="query", features=None, ids=None):
+    features = np.zeros((2, 4), np.float32) if features is None else features
+    ids = np.array([b"Q0", b"Q1"]) if ids is None else ids
+    with h5py.File(path, "w") as handle:
+        handle[split] = features
+        handle[f"{split}_ids"] = ids
+    return path
+
+
+def test_nan_and_inf_descriptors(tmp_path):
+    features = np.zeros((3, 4), np.float32)
+    features[2, 1] = np.nan
+    path = raw_h5(tmp_path / "d.h5", features=features, ids=np.array([b"Q0", b"Q1", b"Q2"]))
+    with pytest.raises(
+        InputError, match=r"d.h5: dataset 'query': row 2 \(id Q2\) holds NaN or inf"
+    ):
+        read_descriptors(path)
+    features[2, 1] = np.inf
+    path = raw_h5(tmp_path / "e.h5", features=features, ids=np.array([b"Q0", b"Q1", b"Q2"]))
+    with pytest.raises(InputError, match="NaN or inf"):
+        read_descriptors(path)
+
+
+def test_dimension_limit_and_max_dim(tmp_path):
+    path = raw_h5(tmp_path / "d.h5", features=np.zeros((2, 257), np.float32))
+    with pytest.raises(InputError, match="dimension 257 exceeds 256"):
+        read_descriptors(path)
+    assert read_descriptors(path, max_dim=512).dim == 257
+
+
+def test_ids_must_be_strings(tmp_path):
+    path = raw_h5(tmp_path / "d.h5", ids=np.array([0, 1]))
+    with pytest.raises(InputError, match="query_ids has dtype int64; ids must be strings"):
+        read_descriptors(path)
+
+
+@pytest.mark.parametrize(
+    "features, ids, message",
+    [
+        (np.zeros((3, 4), np.float32), np.array([b"Q0", b"Q1"]), "3 rows but 2 ids"),
+        (np.zeros((2, 4), np.float32), np.array([b"Q0", b"Q0"]), "duplicate id 'Q0'"),
+        (np.zeros((2, 4), np.int32), None, "expected float32"),
+        (np.zeros(4, np.float32), None, "2-D"),
+    ],
+)
+def test_other_bad_descriptor_files(tmp_path, features, ids, message):
+    with pytest.raises(InputError, match=message):
+        read_descriptors(raw_h5(tmp_path / "d.h5", features=features, ids=ids))
+
+
+def test_variable_length_string_ids_are_accepted(tmp_path):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as handle:
+        handle["reference"] = np.ones((2, 3), np.float32)
+        handle.create_dataset("reference_ids", data=["R0", "R1"], dtype=h5py.string_dtype())
+    assert read_descriptors(path, "reference").ids.tolist() == ["R0", "R1"]
+
+
+def test_not_an_hdf5_file(tmp_path):
+    with pytest.raises(InputError, match="not a readable HDF5 file"):
+        read_descriptors(write(tmp_path / "d.h5", "hello"))
+
+
+def test_mismatched_dimensions_in_search():
+    with pytest.raises(InputError, match="dimensions differ: queries have 8, references 4"):
+        search(descriptors(["Q0"], d=8), descriptors(["R0"], d=4))
+
+
+def test_ground_truth_type_is_plain_arrays():
+    gt = GroundTruth(queries=["Q1"], query=["Q1"], reference=["R1"])
+    assert gt.query.dtype.kind == "U" and gt.n_gt == 1
