@@ -56,7 +56,7 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: str = "isc"  # a name from harness.augment; the record lists its full parameters
+    preset: str = "copy-edit"  # a name from harness.augment; the record lists its full parameters
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +77,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision (CUDA only; CPU always trains in float32)
     channels_last: bool = True  # CUDA only
     num_workers: int = 2  # DataLoader workers for the training stream
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 
 
 @dataclass
@@ -84,13 +85,14 @@ class EvalConfig:
     max_results: int | None = None  # ISC global candidate cap; None = 10 x number of queries
     knn: int | None = None  # per-query kNN instead of the global cap (not the ISC rule)
     metric: Literal["l2", "ip"] = "l2"
-    score_norm: bool = True  # also report metrics with training-set score normalization
-    score_norm_beta: float = (
-        1.0  # score' = <q, r> - beta * mean of the query's top-n training scores
-    )
-    score_norm_n: int = 3
+    # The "normalized" row: isc2021's score normalization with training-set descriptors,
+    # score' = <q, r> - beta * s(q), s(q) the n-th ("nth", isc2021: beta 2, n 10) or the mean of the
+    # n nearest ("mean", SSCD: beta 1, n 3) training scores of the query.
+    score_norm: bool = True
+    score_norm_beta: float = 2.0
+    score_norm_n: int = 10
+    score_norm_reduction: Literal["nth", "mean"] = "nth"
     batch_size: int = 128  # images per batch when extracting descriptors
-    embed_queries_with: Literal["query", "reference"] = "query"  # role used for query images
 
 
 @dataclass
@@ -397,7 +399,7 @@ def validate(cfg: RunConfig) -> None:
 
 def _check_synth_keys(synth: dict[str, Any]) -> None:
     try:
-        from harness.data import SynthParams
+        from harness.data.synth import SynthParams
     except ImportError:  # the generator is optional for runs on a real benchmark
         return
     valid = {f.name for f in dataclasses.fields(SynthParams)}

@@ -1,0 +1,127 @@
+"""`python -m harness run --method NAME`: train, describe, search and score one method."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "run"
+HELP = "train a method and score its descriptors with the ISC 2021 metrics (one result record)"
+DESCRIPTION = """\
+Train one method with the shared trainer, describe the queries, references and training images,
+search under the ISC 2021 global candidate cap (10 x number of queries), score raw and with
+training-set score normalization, and write results/<run-id>/:
+
+  record.json            method, resolved config, seed, git commit, versions, device, budget spent,
+                         negatives per step, timings, peak memory, metrics (raw and normalized)
+  config.yaml            the resolved config (written when the run starts)
+  descriptors.h5         query/reference/training descriptors (official layout + training)
+  predictions.csv        query_id,reference_id,score (+ predictions_normalized.csv)
+  pr_curve.npz           precision/recall curves      train_log.jsonl   one JSON line per step
+  checkpoints/last.pt    model, optimizer, schedule, bank/queue/phase and RNG state
+
+Configuration, lowest precedence first: the defaults in harness/config.py, configs/protocol.yaml,
+configs/methods/<method>.yaml, --config FILE, then --set / --seed / --data.
+
+  python -m harness run --method qk                        # default budget, generated mini-DISC
+  python -m harness run --method moco --set moco.queue_size=1024 --set train.lr=0.03 --seed 1
+  python -m harness run --method simclr --data /data/disc21 --set train.budget_kind=seconds \\
+      --set train.budget_value=3600
+
+The run id defaults to <method>-<hash of the config>-s<seed>, so running the same command again
+resumes an interrupted run from its last checkpoint, and refuses a finished one unless --overwrite.
+`python -m harness methods` lists the methods and their options.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method", required=True, help="a registered method (see `python -m harness methods`)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a YAML file layered over configs/protocol.yaml and configs/methods/<method>.yaml",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set train.lr=0.1 --set qk.phase_steps=20 (repeatable; "
+        "values are YAML: null, true, [1, 2])",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        metavar="synthetic|PATH",
+        help="the benchmark: 'synthetic' (generated mini-DISC, cached; the default) or a directory "
+        "in the DISC21 layout",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="the run's seed (default 0)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("results"), help="results root (default: results/)"
+    )
+    parser.add_argument(
+        "--run-id",
+        default=None,
+        help="directory name under --out (default: <method>-<hash>-s<seed>)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard an existing run directory (finished or not) and start again",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def format_metrics_table(record: dict) -> str:
+    """A short table: one row per score variant, the headline metrics and the time spent."""
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    header = f"{'scores':<12}{'µAP':>8}{'R@P90':>8}{'R@1':>8}{'R@10':>8}{'n_pred':>9}"
+    lines = [f"{record['run_id']}  ({record['method']}, seed {record['seed']})", header]
+    for name, metrics in record["metrics"].items():
+        if metrics is None:
+            continue
+        lines.append(
+            f"{name:<12}{cell(metrics['average_precision']):>8}{cell(metrics['recall_at_p90']):>8}"
+            f"{cell(metrics['recall_at_rank1']):>8}{cell(metrics['recall_at_rank10']):>8}"
+            f"{metrics['n_predictions']:>9}"
+        )
+    t = record["timings"]
+    b = record["budget"]
+    lines.append(
+        f"budget {b['steps']} steps / {b['images_seen']} images; negatives/step "
+        f"{record['negatives_per_step']}; time "
+        + ", ".join(
+            f"{k} {t[k]:.1f}s" for k in ("train", "extract", "search", "metrics", "total") if k in t
+        )
+    )
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from harness.config import prepare_run_dir, resolve_config
+    from harness.pipeline import execute_run_dir
+
+    overrides = list(args.overrides)
+    if args.run_id is not None:
+        overrides.append(f"run_id={args.run_id}")
+    cfg = resolve_config(
+        args.method,
+        config_path=args.config,
+        overrides=overrides,
+        seed=args.seed,
+        data=args.data,
+    )
+    run_dir = prepare_run_dir(cfg, args.out, overwrite=args.overwrite)
+    print(f"run directory: {run_dir}")
+    record = execute_run_dir(run_dir, progress=not args.no_progress)
+    print(format_metrics_table(record))
+    return 0

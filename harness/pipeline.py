@@ -1,0 +1,320 @@
+"""One run, start to finish: data -> train -> extract descriptors -> search -> metrics -> record.
+
+`execute_run_dir(run_dir)` reads the run directory's `config.yaml` (written by
+`harness.config.prepare_run_dir`), resumes training from the latest checkpoint, redoes the cheap
+stages after training, and writes `record.json` once, atomically, as its last act. A directory that
+already holds a complete record is returned as is, so calling it twice (a re-queued SLURM job, a
+repeated command) never trains or writes twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from harness.atomic import atomic_path, atomic_write_json, atomic_write_text
+from harness.config import (
+    RECORD_FILENAME,
+    RunConfig,
+    config_to_dict,
+    load_run_config,
+    run_is_finished,
+)
+from harness.errors import ConfigError, HarnessError
+from harness.record import build_record, device_description, peak_memory_mb
+from harness.train import LOG_FILENAME, TrainData, TrainResult, dist_info, seed_everything, train
+
+DESCRIPTORS_FILE = "descriptors.h5"
+PREDICTIONS_FILE = "predictions.csv"
+NORMALIZED_PREDICTIONS_FILE = "predictions_normalized.csv"
+PR_CURVE_FILE = "pr_curve.npz"
+
+
+class Stopwatch:
+    """Wall-clock seconds per named stage."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device: {spec!r} is not a device (auto, cpu, cuda, cuda:N)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {spec!r} but CUDA is not available on this machine")
+    return device
+
+
+@dataclass
+class LoadedData:
+    benchmark: Any  # harness.data.Benchmark
+    augmentation: dict[str, Any]  # the preset's full parameter list
+    train_data: TrainData
+
+
+def load_data(cfg: RunConfig, *, progress: bool = True) -> LoadedData:
+    from harness.augment import build_preset, eval_transform
+    from harness.data import ImageDataset, TrainingDataset, load_benchmark
+    from harness.data.synth import SynthParams, resolve_data
+
+    synth_params = None
+    if cfg.data.spec == "synthetic":
+        try:
+            synth_params = SynthParams(**cfg.data.synth)
+        except TypeError as err:
+            raise ConfigError(f"data.synth: {err}") from None
+    root = resolve_data(cfg.data.spec, synth_params=synth_params)
+    benchmark = load_benchmark(root, skip_bad_images=cfg.data.skip_bad_images)
+    if len(benchmark.training) == 0:
+        raise ConfigError(f"{root}: the benchmark has no training images; every method needs some")
+    preset = build_preset(cfg.augment.preset, cfg.model.image_size, cfg.augment.overrides)
+    clean = eval_transform(cfg.model.image_size)
+    training = benchmark.training
+    train_data = TrainData(
+        stream=TrainingDataset(training, preset.transform, clean, n_views=cfg.train.n_views),
+        clean=ImageDataset(training, clean),
+        augmented=ImageDataset(training, preset.transform),
+    )
+    return LoadedData(benchmark, preset.params, train_data)
+
+
+def build_method(cfg: RunConfig, n_training: int, device: torch.device):
+    from methods import MethodContext, create_method
+
+    rank, world_size = dist_info()
+    context = MethodContext(
+        backbone=cfg.model.backbone,
+        embedding_dim=cfg.model.embedding_dim,
+        image_size=cfg.model.image_size,
+        num_train_images=n_training,
+        device=device,
+        world_size=world_size,
+        rank=rank,
+    )
+    seed_everything(cfg.seed)  # initial weights are a function of the seed alone
+    return create_method(cfg.method, cfg.method_config, context)
+
+
+def extract_descriptors(
+    method,
+    image_set,
+    role: str,
+    cfg: RunConfig,
+    device: torch.device,
+    *,
+    split: str,
+    progress: bool = True,
+):
+    """Descriptors of every image of `image_set`, described in `role`, as harness.isc.Descriptors."""
+    from harness.augment import eval_transform
+    from harness.data import ImageDataset
+    from harness.isc import Descriptors
+
+    cuda = device.type == "cuda"
+    loader = DataLoader(
+        ImageDataset(image_set, eval_transform(cfg.model.image_size)),
+        batch_size=cfg.eval.batch_size,
+        num_workers=cfg.data.workers,
+        pin_memory=cuda,
+    )
+    fmt = torch.channels_last if cuda and cfg.train.channels_last else torch.contiguous_format
+    amp = cuda and cfg.train.amp
+    method.eval()
+    features, ids = [], []
+    with torch.no_grad(), torch.autocast("cuda", enabled=amp):
+        for images, _, batch_ids in tqdm(
+            loader, desc=f"describe {split}", unit="batch", disable=not progress
+        ):
+            images = images.to(device, non_blocking=cuda, memory_format=fmt)
+            features.append(method.describe(images, role).float().cpu())
+            ids.extend(batch_ids)
+    matrix = torch.cat(features).numpy() if features else np.zeros((0, cfg.model.embedding_dim))
+    if not np.isfinite(matrix).all():
+        raise HarnessError(
+            f"method {cfg.method!r} produced NaN/inf descriptors for the {split} images; "
+            "the model diverged (check train_log.jsonl)"
+        )
+    return Descriptors(np.asarray(ids, dtype=str), matrix.astype(np.float32))
+
+
+def _score_normalization(cfg: RunConfig):
+    from harness.isc import ScoreNormalization
+
+    if not cfg.eval.score_norm:
+        return None
+    return ScoreNormalization(
+        beta=cfg.eval.score_norm_beta,
+        n=cfg.eval.score_norm_n,
+        reduction=cfg.eval.score_norm_reduction,
+    )
+
+
+def _write_pr_curve(path: Path, curves: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **curves)
+
+
+def _untrained(method) -> TrainResult:
+    return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0)
+
+
+def execute_run_dir(run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume, or just return) the run in `run_dir`; returns its record."""
+    from harness.isc import (
+        evaluate,
+        normalized_search,
+        precision_recall_curve,
+        search,
+        write_descriptors,
+        write_predictions,
+    )
+
+    run_dir = Path(run_dir)
+    record_path = run_dir / RECORD_FILENAME
+    if run_is_finished(run_dir):
+        return json.loads(record_path.read_text())
+    cfg = load_run_config(run_dir)
+    clock = Stopwatch()
+    started = time.perf_counter()
+    device = pick_device(cfg.train.device)
+    rank, _ = dist_info()
+
+    with clock("data"):
+        data = load_data(cfg, progress=progress)
+    benchmark = data.benchmark
+    method = build_method(cfg, len(benchmark.training), device)
+    score_norm = _score_normalization(cfg)
+    if score_norm is not None and score_norm.n > len(benchmark.training):
+        raise ConfigError(
+            f"eval.score_norm_n ({score_norm.n}) is larger than the training set "
+            f"({len(benchmark.training)} images)"
+        )
+
+    with clock("train"):
+        if method.trains():
+            result = train(
+                method,
+                data.train_data,
+                cfg.train,
+                seed=cfg.seed,
+                run_dir=run_dir,
+                device=device,
+                progress=progress,
+            )
+        else:
+            method.to(device)
+            result = _untrained(method)
+            atomic_write_text(run_dir / LOG_FILENAME, "")
+    if rank != 0:  # other DDP ranks only train; rank 0 evaluates and writes the record
+        return {}
+
+    with clock("extract"):
+        descriptors = {
+            "query": extract_descriptors(
+                method, benchmark.queries, "query", cfg, device, split="queries", progress=progress
+            ),
+            "reference": extract_descriptors(
+                method,
+                benchmark.references,
+                "reference",
+                cfg,
+                device,
+                split="references",
+                progress=progress,
+            ),
+            "training": extract_descriptors(
+                method,
+                benchmark.training,
+                "reference",
+                cfg,
+                device,
+                split="training",
+                progress=progress,
+            ),
+        }
+        write_descriptors(run_dir / DESCRIPTORS_FILE, **descriptors)
+
+    search_options = dict(max_results=cfg.eval.max_results, knn=cfg.eval.knn, progress=progress)
+    with clock("search"):
+        raw_predictions = search(
+            descriptors["query"], descriptors["reference"], metric=cfg.eval.metric, **search_options
+        )
+        normalized_predictions = None
+        if score_norm is not None:
+            normalized_predictions = normalized_search(
+                descriptors["query"],
+                descriptors["reference"],
+                descriptors["training"],
+                score_norm,
+                **search_options,
+            )
+    with clock("metrics"):
+        gt = benchmark.ground_truth
+        metrics_raw = evaluate(gt, raw_predictions).to_dict()
+        precision, recall, _ = precision_recall_curve(gt, raw_predictions)
+        curves = {"precision": precision, "recall": recall}
+        write_predictions(run_dir / PREDICTIONS_FILE, raw_predictions)
+        files = {
+            "predictions": PREDICTIONS_FILE,
+            "descriptors": DESCRIPTORS_FILE,
+            "pr_curve": PR_CURVE_FILE,
+            "log": LOG_FILENAME,
+        }
+        metrics_normalized = None
+        if normalized_predictions is not None:
+            metrics_normalized = evaluate(gt, normalized_predictions).to_dict()
+            precision, recall, _ = precision_recall_curve(gt, normalized_predictions)
+            curves.update(normalized_precision=precision, normalized_recall=recall)
+            write_predictions(run_dir / NORMALIZED_PREDICTIONS_FILE, normalized_predictions)
+            files["predictions_normalized"] = NORMALIZED_PREDICTIONS_FILE
+        _write_pr_curve(run_dir / PR_CURVE_FILE, curves)
+
+    timings = {**clock.seconds, "total": time.perf_counter() - started}
+    record = build_record(
+        config=config_to_dict(cfg),
+        benchmark=benchmark.summary(),
+        augmentation=data.augmentation,
+        device=device_description(device),
+        budget={
+            "kind": cfg.train.budget_kind,
+            "value": cfg.train.budget_value,
+            "steps": result.steps,
+            "images_seen": result.images_seen,
+            "train_seconds": round(result.train_seconds, 3),
+            "resumed_from": result.resumed_from,
+        },
+        negatives_per_step=method.negatives_per_step(batch_size=cfg.train.batch_size),
+        timings=timings,
+        peak_memory=peak_memory_mb(device),
+        metrics_raw=metrics_raw,
+        metrics_normalized=metrics_normalized,
+        files=files,
+        extra={"final_loss": result.final_loss},
+    )
+    atomic_write_json(record_path, record)
+    return record

@@ -1,0 +1,154 @@
+"""The result record of a run: provenance (git commit, package versions, device), peak memory and
+the assembly of `record.json` (schema in docs/architecture.md, "Result record")."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Distribution names of the packages whose version can change a result.
+_PACKAGES = {
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "lightly": "lightly",
+    "faiss": ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu", "faiss"),
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "pillow": "pillow",
+    "augly": "augly",
+    "h5py": "h5py",
+    "submitit": "submitit",
+}
+
+
+def _dist_version(names: str | tuple[str, ...]) -> str | None:
+    for name in (names,) if isinstance(names, str) else names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def package_versions() -> dict[str, str | None]:
+    from harness import __version__
+
+    versions: dict[str, str | None] = {
+        "python": platform.python_version(),
+        "isc-bench": __version__,
+    }
+    versions.update({key: _dist_version(dist) for key, dist in _PACKAGES.items()})
+    try:
+        import torch
+
+        versions["cuda"] = torch.version.cuda
+        versions["cudnn"] = (
+            str(torch.backends.cudnn.version()) if torch.cuda.is_available() else None
+        )
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    return versions
+
+
+def git_state(repo: str | os.PathLike = PROJECT_ROOT) -> dict[str, Any]:
+    """`{"commit": sha or None, "dirty": bool or None}`; tracked files with local changes = dirty."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def device_description(device) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def peak_memory_mb(device=None) -> dict[str, float | None]:
+    """Peak resident memory of this process (and, separately, of its finished children such as
+    DataLoader workers), plus the CUDA allocator's peak when running on a GPU."""
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    scale = 1 / 1024**2 if sys.platform == "darwin" else 1 / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    cuda = None
+    if device is not None:
+        import torch
+
+        if torch.device(device).type == "cuda":
+            cuda = torch.cuda.max_memory_allocated(device) / 1024**2
+    return {"cpu_rss": round(own, 1), "cpu_rss_workers": round(children, 1), "cuda": cuda}
+
+
+def build_record(
+    *,
+    config: dict[str, Any],
+    benchmark: dict[str, Any],
+    augmentation: dict[str, Any],
+    device: str,
+    budget: dict[str, Any],
+    negatives_per_step: int,
+    timings: dict[str, float],
+    peak_memory: dict[str, float | None],
+    metrics_raw: dict[str, Any],
+    metrics_normalized: dict[str, Any] | None,
+    files: dict[str, str],
+    git: dict[str, Any] | None = None,
+    versions: dict[str, str | None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The record as a plain dict, keys in the documented order."""
+    git = git if git is not None else git_state()
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "status": "complete",
+        "run_id": config["run_id"],
+        "method": config["method"],
+        "seed": config["seed"],
+        "config": config,
+        "benchmark": benchmark,
+        "augmentation": augmentation,
+        "git_commit": git["commit"],
+        "git_dirty": git["dirty"],
+        "versions": versions if versions is not None else package_versions(),
+        "device": device,
+        "budget": budget,
+        "negatives_per_step": int(negatives_per_step),
+        "timings": {k: round(float(v), 3) for k, v in timings.items()},
+        "peak_memory_mb": peak_memory,
+        "metrics": {"raw": metrics_raw, "normalized": metrics_normalized},
+        "files": files,
+    }
+    if extra:
+        record.update(extra)
+    return record
