@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -322,10 +322,15 @@ def load_pr_curve(
         return None
 
 
-def representative_runs(runs: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
-    """Per method, the group with the most seeds (ties: higher mean µAP), and in it the seed whose
-    µAP is the median (the lower middle one for an even count): the run whose PR curve is drawn."""
+def representative_runs(
+    runs: pd.DataFrame, summary: pd.DataFrame, groups: Collection[str] | None = None
+) -> pd.DataFrame:
+    """Per method, one group (among `groups` if given; else the one with the most seeds, ties: higher
+    mean µAP), and in it the seed whose µAP is the median (the lower middle one for an even count):
+    the run whose PR curve is drawn."""
     chosen = []
+    if groups is not None:
+        summary = summary[summary["group"].isin(set(groups))]
     ranked = summary.sort_values(["n_seeds", "map_mean"], ascending=[False, False], kind="stable")
     for _, group in ranked.drop_duplicates("method").iterrows():
         members = runs[runs["group"] == group["group"]].sort_values("map", kind="stable")
@@ -339,13 +344,16 @@ def write_figures(
     out_dir: str | os.PathLike,
     *,
     edit_summary: pd.DataFrame | None = None,
+    pr_groups: Collection[str] | None = None,
 ) -> list[Path]:
-    """The figure set of a report; `runs` must carry the `group` column (report.add_group_column)."""
+    """The figure set of a report; `runs` must carry the `group` column (report.add_group_column).
+
+    `pr_groups` chooses the groups whose PR curves are drawn (see `representative_runs`)."""
     out_dir = Path(out_dir)
     written: list[Path] = []
     written += save_figure(plot_map_by_group(runs, summary), out_dir / "map_by_method")
     curves, curve_methods = {}, {}
-    for _, run in representative_runs(runs, summary).iterrows():
+    for _, run in representative_runs(runs, summary, pr_groups).iterrows():
         curve = load_pr_curve(Path(run["run_dir"]) / run["pr_curve_file"])
         if curve is not None:
             label = f"{run['group']} (seed {run['seed']})"

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -589,7 +589,12 @@ def to_latex(table: pd.DataFrame, caption: str | None = None) -> str:
     escaped = table.map(cell)
     escaped.columns = [cell(c) for c in table.columns]
     column_format = "l" + "r" * (len(table.columns) - 1)
-    return escaped.to_latex(index=False, escape=False, column_format=column_format, caption=caption)
+    return escaped.to_latex(
+        index=False,
+        escape=False,
+        column_format=column_format,
+        caption=None if caption is None else cell(caption),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -644,9 +649,13 @@ def build_report(
     ignored_keys: Sequence[str] = DEFAULT_IGNORED_KEYS,
     edits: bool = True,
     figures: bool = True,
+    comparison: Callable[[pd.DataFrame], pd.Series] | None = None,
 ) -> Report:
     """Load, group, tabulate and draw: writes `report.md`, `runs.csv`, `main.<fmt>`, `edits.<fmt>`
-    and the figure set into `out_dir`. Raises InputError only when no run at all is usable."""
+    and the figure set into `out_dir`. Raises InputError only when no run at all is usable.
+
+    `comparison` marks the runs of the main comparison (a boolean per run); the PR-curve figure then
+    draws its groups. By default, per method, the group with the most seeds."""
     from harness.atomic import atomic_write_text
 
     unknown = sorted(set(formats) - set(FORMATS))
@@ -684,7 +693,10 @@ def build_report(
     if figures:
         from harness.figures import write_figures
 
-        figure_paths = write_figures(runs, summary, out_dir, edit_summary=edit_summary)
+        pr_groups = None if comparison is None else set(runs.loc[comparison(runs), "group"])
+        figure_paths = write_figures(
+            runs, summary, out_dir, edit_summary=edit_summary, pr_groups=pr_groups
+        )
         written += figure_paths
     markdown = report_markdown(table, families, skipped, figure_paths, out_dir)
     atomic_write_text(out_dir / "report.md", markdown)
@@ -885,8 +897,11 @@ def build_paper_report(
     """The report over one sweep directory plus `summary.md` (see `paper_summary`)."""
     from harness.atomic import atomic_write_text
 
-    built = build_report([sweep_dir], out_dir)
-    main = main_comparison_runs(built.runs, sweep_dir)
+    def comparison(runs: pd.DataFrame) -> pd.Series:
+        return main_comparison_runs(runs, sweep_dir)
+
+    built = build_report([sweep_dir], out_dir, comparison=comparison)
+    main = comparison(built.runs)
     text = paper_summary(
         built.runs,
         built.summary,

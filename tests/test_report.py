@@ -312,3 +312,16 @@ def test_duplicate_run_ids_are_skipped_not_double_counted(tmp_path):
 def test_missing_results_directory_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no such results directory"):
         report.load_runs([tmp_path / "nope"])
+
+
+def test_pr_curve_is_drawn_for_the_median_seed_of_the_chosen_group(fabricated):
+    from harness.figures import representative_runs
+
+    root, _, expected = fabricated
+    runs = report.add_group_column(report.load_runs([root]).runs, report.DEFAULT_GROUP_BY)
+    summary = report.summarize(runs)
+    chosen = representative_runs(runs, summary, groups=["qk (num_negatives=256)", "simclr"])
+    assert sorted(chosen["group"]) == ["qk (num_negatives=256)", "simclr"]
+    for _, run in chosen.iterrows():
+        key = ("qk", 256) if run["method"] == "qk" else ("simclr", 126)
+        assert run["map"] == pytest.approx(float(np.median(expected[key]["map"])))

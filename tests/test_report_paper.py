@@ -1,0 +1,86 @@
+"""The paper comparison: which runs form the equal-budget comparison, the differences, summary.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from test_report import fabricated  # noqa: F401  (the module-scoped fixture)
+
+from harness import report
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(fabricated, tmp_path_factory):  # noqa: F811
+    """The fabricated runs as a sweep directory whose manifest marks qk-256 as a negatives point."""
+    root, _, _ = fabricated
+    sweep = tmp_path_factory.mktemp("sweep") / "paper"
+    shutil.copytree(root / "sweeps" / "demo", sweep / "runs")
+    entries = []
+    for run in sorted((sweep / "runs").iterdir()):
+        if not (run / "record.json").is_file() or run.name in ("broken", "running"):
+            continue
+        method, negatives, seed = run.name.split("-")
+        point = {"method": method, "seed": int(seed[1:])}
+        if method == "qk" and negatives == "256":
+            point["qk.num_negatives"] = 256
+        entries.append({"run_id": run.name, "run_dir": f"runs/{run.name}", "point": point})
+    (sweep / "manifest.json").write_text(json.dumps({"name": "paper", "runs": entries}))
+    return sweep
+
+
+def test_mean_difference_is_welch_standard_error():
+    a, b = [0.30, 0.34, 0.35], [0.20, 0.22, 0.19, 0.25]
+    delta, se = report.mean_difference(a, b)
+    assert delta == pytest.approx(sum(a) / 3 - sum(b) / 4)
+    var_a = sum((x - sum(a) / 3) ** 2 for x in a) / 2
+    var_b = sum((x - sum(b) / 4) ** 2 for x in b) / 3
+    assert se == pytest.approx(math.sqrt(var_a / 3 + var_b / 4))
+    assert math.isnan(report.mean_difference([0.3], b)[1])
+
+
+def test_difference_is_stated_whichever_way_it_comes_out():
+    lower = report.Difference("qk", "simclr", -0.05, 0.01, 3, 3)
+    assert "lower by 0.0500 ± 0.0100" in report.describe_difference(lower)
+    assert "larger than two standard errors" in report.describe_difference(lower)
+    close = report.Difference("qk", "moco", 0.01, 0.02, 3, 3)
+    assert "higher by 0.0100" in report.describe_difference(close)
+    assert "do not separate" in report.describe_difference(close)
+
+
+def test_main_comparison_comes_from_the_manifest(sweep_dir):
+    runs = report.add_group_column(report.load_runs([sweep_dir]).runs, report.DEFAULT_GROUP_BY)
+    main = report.main_comparison_runs(runs, sweep_dir)
+    assert sorted(runs.loc[main, "group"].unique()) == ["moco", "qk (num_negatives=64)", "simclr"]
+    # Without a manifest: per method the group with the most seeds (here a tie -> first by name).
+    fallback = report.main_comparison_runs(runs, None)
+    assert sorted(runs.loc[fallback, "group"].unique()) == [
+        "moco",
+        "qk (num_negatives=256)",
+        "simclr",
+    ]
+
+
+def test_figures_paper_writes_summary_with_differences(sweep_dir, fabricated, tmp_path, capsys):  # noqa: F811
+    from harness.cli import main
+
+    _, _, expected = fabricated
+    out = tmp_path / "paper-report"
+    assert main(["figures", "paper", "--sweep-dir", str(sweep_dir), "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert capsys.readouterr().out == summary + "\n"  # printed as written
+    qk, simclr = (
+        np.asarray(expected[("qk", 64)]["map"]),
+        np.asarray(expected[("simclr", 126)]["map"]),
+    )
+    delta = qk.mean() - simclr.mean()
+    se = math.sqrt(qk.var(ddof=1) / 3 + simclr.var(ddof=1) / 3)
+    direction = "higher" if delta > 0 else "lower"
+    assert f"µAP {direction} by {abs(delta):.4f} ± {se:.4f}" in summary
+    assert "0.3403" in summary and "0.2001" in summary and "not this benchmark" in summary
+    assert "## Negatives per step" in summary
+    for stem in ("map_by_method", "pr_curves", "map_vs_negatives", "map_vs_compute", "map_by_edit"):
+        assert (out / f"{stem}.png").stat().st_size > 0
