@@ -344,6 +344,24 @@ def local_job_alive(job_id: str) -> bool:
     return "\nState:\tZ" not in status
 
 
+def job_outcome(folder: str | os.PathLike, job_id: str) -> str | None:
+    """ "success" or "error" once submitit has written the job's result pickle, else None.
+
+    The pickle is written before the scheduler notices the job has ended, so it settles a job's
+    fate earlier (and more surely) than sacct.
+    """
+    import submitit
+
+    paths = submitit.core.utils.JobPaths(folder, job_id=job_id, task_id=0)
+    if not paths.result_pickle.exists():
+        return None
+    try:
+        outcome, _ = submitit.core.utils.pickle_load(paths.result_pickle)
+    except Exception:  # being written right now
+        return None
+    return "success" if outcome == "success" else "error"
+
+
 def job_failure(folder: str | os.PathLike, job_id: str, *, lines: int = 8) -> str | None:
     """The last lines of a job's traceback from submitit's result pickle or its stderr, if any."""
     import submitit

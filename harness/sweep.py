@@ -291,7 +291,7 @@ def run_states(
 ) -> list[RunState]:
     """The state of every run: the record decides `done`; otherwise the scheduler and the logs."""
     from harness.config import run_is_finished
-    from harness.launch import job_failure, local_job_alive, slurm_states
+    from harness.launch import job_failure, job_outcome, local_job_alive, slurm_states
 
     sweep_dir = Path(sweep_dir)
     manifest = manifest or load_manifest(sweep_dir)
@@ -313,6 +313,8 @@ def run_states(
                 sched = scheduler.get(job["job_id"], "pending")  # not in sacct yet: just submitted
             else:
                 sched = "running" if local_job_alive(job["job_id"]) else "completed"
+            if job_outcome(folder, job["job_id"]) == "error":
+                sched = "failed"
             if sched in ("pending", "running"):
                 state.state = sched
             else:

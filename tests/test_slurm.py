@@ -156,3 +156,46 @@ def test_run_job_pickles_only_a_path(tmp_path):
 
     blob = cloudpickle.dumps((RunJob(), str(tmp_path)))
     assert len(blob) < 2000
+
+
+def test_sweep_is_one_job_array_and_status_shows_the_failure(tmp_path, profile):
+    from harness.sweep import (
+        load_sweep_spec,
+        prepare_sweep,
+        run_states,
+        status_table,
+        submit_sweep_runs,
+    )
+
+    spec = load_sweep_spec(Path(__file__).parent.parent / "configs" / "sweeps" / "tiny.yaml")
+    sweep_dir = tmp_path / "tiny"
+    manifest = prepare_sweep(spec, sweep_dir)
+    run_ids = [r["run_id"] for r in manifest["runs"]]
+    assert len(run_ids) == 4
+    failing = run_ids[1]
+    (sweep_dir / "runs" / failing / "FAIL").touch()
+    jobs = submit_sweep_runs(
+        sweep_dir, run_ids, launcher="slurm", profile=profile, target=counting_run
+    )
+    array_ids = {job.job_id.split("_")[0] for job in jobs}
+    assert len(array_ids) == 1, f"expected one job array, got {[j.job_id for j in jobs]}"
+    wait_jobs(jobs, timeout_s=JOB_TIMEOUT_S * 2)
+    states = {s.run_id: s for s in run_states(sweep_dir)}
+    print("\n" + status_table(list(states.values())))
+    assert states[failing].state == "failed"
+    assert "deliberate failure" in states[failing].failure
+    assert all(states[r].state == "done" for r in run_ids if r != failing)
+
+    # --resubmit-failed path: fix the cause, resubmit only what failed.
+    (sweep_dir / "runs" / failing / "FAIL").unlink()
+    (job,) = submit_sweep_runs(
+        sweep_dir, [failing], launcher="slurm", profile=profile, target=counting_run
+    )
+    wait_jobs([job], timeout_s=JOB_TIMEOUT_S)
+    states = run_states(sweep_dir)
+    assert [s.state for s in states] == ["done"] * 4
+    entries = {
+        r["run_id"]: r for r in json.loads((sweep_dir / "manifest.json").read_text())["runs"]
+    }
+    assert len(entries[failing]["jobs"]) == 2
+    assert all(len(entries[r]["jobs"]) == 1 for r in run_ids if r != failing)
