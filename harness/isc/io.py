@@ -7,6 +7,7 @@ dataset and row (HDF5); nothing is silently dropped. Every writer goes through h
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,13 @@ def _read_csv_cells(path: Path, columns: tuple[str, ...]) -> tuple[np.ndarray, i
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty") from None
     except pd.errors.ParserError as err:
-        message = str(err).replace("Error tokenizing data. C error: ", "")
-        raise InputError(
-            f"{path}: malformed CSV: {message} (expected {len(columns)} fields: {','.join(columns)})"
-        ) from None
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if found:
+            line, saw = found.group(2), found.group(3)
+            raise InputError(
+                f"{path}:{line}: {saw} fields, expected {len(columns)} ({','.join(columns)})"
+            ) from None
+        raise InputError(f"{path}: malformed CSV: {' '.join(str(err).split())}") from None
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not a UTF-8 text file ({err.reason})") from None
 
