@@ -76,6 +76,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="discard an existing run directory (finished or not) and start again",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--launcher",
+        choices=("inline", "local", "debug", "slurm"),
+        default="inline",
+        help="inline (default): in this process, with progress bars, Ctrl-C and the traceback "
+        "where it happens; local: a submitit child process; debug: submitit's in-process executor; "
+        "slurm: sbatch (returns once submitted; logs in <run dir>/slurm/). See harness/launch.py",
+    )
+    parser.add_argument(
+        "--slurm-profile",
+        default=None,
+        metavar="NAME|PATH",
+        help="configs/slurm/NAME.yaml or a YAML path (partition, gpus, time ...; slurm/README.md)",
+    )
+    parser.add_argument(
+        "--slurm-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a SLURM profile key, e.g. --slurm-set time_min=30 (repeatable)",
+    )
 
 
 def format_metrics_table(record: dict) -> str:
@@ -122,6 +143,18 @@ def main(args: argparse.Namespace) -> int:
     )
     run_dir = prepare_run_dir(cfg, args.out, overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
+    if args.launcher != "inline":
+        from harness.launch import launch_run_dir, load_profile
+
+        profile = load_profile(args.slurm_profile, args.slurm_set)
+        result = launch_run_dir(run_dir, args.launcher, profile=profile)
+        if args.launcher == "slurm":
+            print(
+                f"submitted SLURM job {result.job_id}; the record will be {run_dir / 'record.json'}"
+            )
+            return 0
+        print(format_metrics_table(result))
+        return 0
     record = execute_run_dir(run_dir, progress=not args.no_progress)
     print(format_metrics_table(record))
     return 0
