@@ -1,0 +1,157 @@
+"""Typed run configs: layering, overrides, validation errors, serialization, run directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from harness.config import (
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_run_config,
+    prepare_run_dir,
+    resolve_config,
+)
+from harness.errors import ConfigError
+from methods import get_method, list_methods
+
+
+def test_every_method_resolves_with_its_registered_config_class():
+    for name in list_methods():
+        cfg = resolve_config(name)
+        assert isinstance(cfg, RunConfig)
+        assert isinstance(cfg.method_config, get_method(name).config_cls)
+        assert cfg.run_id.startswith(f"{name}-") and cfg.run_id.endswith("-s0")
+
+
+def test_set_overrides_reach_typed_fields():
+    cfg = resolve_config(
+        "qk",
+        overrides=["qk.phase_steps=20", "train.lr=1", "eval.max_results=null", "train.amp=false"],
+        seed=7,
+        data="/some/where",
+    )
+    assert cfg.method_config.phase_steps == 20
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    assert cfg.eval.max_results is None and cfg.train.amp is False
+    assert cfg.seed == 7 and cfg.data.spec == "/some/where" and cfg.run_id.endswith("-s7")
+
+
+def test_unknown_method_lists_the_registered_ones():
+    with pytest.raises(ConfigError) as err:
+        resolve_config("byol")
+    for name in list_methods():
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "pieces"),
+    [
+        ("train.lrr=0.1", ["train.lrr", "batch_size", "lr", "weight_decay"]),
+        ("qk.phase_step=3", ["qk.phase_step", "phase_steps", "temperature"]),
+        ("bogus=1", ["bogus", "train", "qk"]),
+    ],
+)
+def test_unknown_keys_name_the_key_and_the_valid_ones(override, pieces):
+    with pytest.raises(ConfigError) as err:
+        resolve_config("qk", overrides=[override])
+    for piece in pieces:
+        assert piece in str(err.value)
+
+
+def test_another_methods_section_is_pointed_out():
+    with pytest.raises(ConfigError, match="belongs to another method"):
+        config_from_dict({"method": "qk", "moco": {"queue_size": 10}})
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=abc", "train.batch_size: expected int"),
+        ("train.batch_size=1.5", "train.batch_size: expected int"),
+        ("train.amp=3", "train.amp: expected bool"),
+        ("train.optimizer=adam", "train.optimizer: expected 'sgd' | 'adamw'"),
+        ("simclr.temperature=hot", "simclr.temperature: expected float"),
+        ("train.budget_value=0", "budget of 0 steps trains nothing"),
+        ("train.budget_kind=epochs", "train.budget_kind: expected"),
+        ("model.embedding_dim=512", "at most 256"),
+        ("train=3", "train: expected a mapping"),
+        ("train.lr", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_values_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("simclr", overrides=[override])
+
+
+def test_unknown_synth_parameter_is_named():
+    with pytest.raises(
+        ConfigError, match=r"data.synth.refs.*valid keys in data.synth:.*references"
+    ):
+        resolve_config("none", overrides=["data.synth={refs: 3}"])
+
+
+def test_config_file_layers_over_defaults_and_reports_bad_yaml(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  lr: 0.5\nmoco:\n  queue_size: 128\n")
+    cfg = resolve_config("moco", config_path=good, overrides=["train.lr=0.25"])
+    assert cfg.method_config.queue_size == 128 and cfg.train.lr == 0.25  # --set wins over the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: 0.5\n   batch_size: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+: invalid YAML"):
+        resolve_config("moco", config_path=bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("train:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="unknown key train.epochs"):
+        resolve_config("moco", config_path=unknown)
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_config("moco", config_path=tmp_path / "missing.yaml")
+    other = tmp_path / "other.yaml"
+    other.write_text("method: qk\n")
+    with pytest.raises(ConfigError, match="for method 'qk'"):
+        resolve_config("moco", config_path=other)
+
+
+def test_round_trip_through_dict_and_yaml():
+    cfg = resolve_config(
+        "membank", overrides=["membank.num_negatives=null", "augment.overrides={edit_prob: 0.5}"]
+    )
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+    json.dumps(config_to_dict(cfg))  # the record embeds it as JSON
+
+
+def test_run_id_hashes_the_config_but_not_the_seed():
+    a = resolve_config("qk")
+    assert resolve_config("qk").run_id == a.run_id
+    b = resolve_config("qk", seed=3)
+    assert b.run_id.rsplit("-", 1)[0] == a.run_id.rsplit("-", 1)[0]
+    c = resolve_config("qk", overrides=["qk.phase_steps=7"])
+    assert c.run_id != a.run_id
+    assert resolve_config("qk", overrides=["run_id=mine"]).run_id == "mine"
+
+
+def test_prepare_run_dir_writes_config_resumes_and_refuses_finished_runs(tmp_path):
+    cfg = resolve_config("none")
+    run_dir = prepare_run_dir(cfg, tmp_path)
+    assert run_dir == tmp_path / cfg.run_id
+    assert load_run_config(run_dir) == cfg
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert prepare_run_dir(cfg, tmp_path) == run_dir  # unfinished: reused for resuming
+    assert (run_dir / "checkpoints" / "last.pt").exists()
+
+    changed = resolve_config("none", overrides=["run_id=" + cfg.run_id, "train.lr=0.5"])
+    with pytest.raises(ConfigError, match="unfinished run with a different config"):
+        prepare_run_dir(changed, tmp_path)
+
+    (run_dir / "record.json").write_text(json.dumps({"status": "complete"}))
+    with pytest.raises(ConfigError, match="already holds a finished run.*--overwrite"):
+        prepare_run_dir(cfg, tmp_path)
+    assert prepare_run_dir(cfg, tmp_path, overwrite=True) == run_dir
+    assert not (run_dir / "record.json").exists() and not (run_dir / "checkpoints").exists()
+    assert load_run_config(run_dir) == cfg
