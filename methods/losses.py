@@ -197,7 +197,10 @@ def bank_info_nce(
         grad_in_forward=not bank_needs_grad,
         query_needs_grad=query.requires_grad and torch.is_grad_enabled(),
     )
-    return _BankInfoNCE.apply(query, bank, extra_logit, spec, *head_params)
+    # The chunks are computed in the query's dtype; autocast must not re-cast them behind our back
+    # (the backward pass runs outside autocast).
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        return _BankInfoNCE.apply(query, bank, extra_logit, spec, *head_params)
 
 
 def naive_info_nce(

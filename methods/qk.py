@@ -152,8 +152,12 @@ class QKIteration(Method):
                 features = F.normalize(frozen.head(features), dim=1)
             return features.to(dtype)
 
+        # seed_key=phase: an augmented-view cache is the same when a resumed run recomputes it.
         cache = ctx.encode_training_set(
-            encode, view=self.config.cache_view, batch_size=self.config.cache_batch_size
+            encode,
+            view=self.config.cache_view,
+            batch_size=self.config.cache_batch_size,
+            seed_key=phase,
         )
         rows = self._negative_rows(phase).to(cache.device)
         if len(rows) < self.context.num_train_images:
