@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -253,6 +254,27 @@ def _export_distributed_env() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
 
 
+_FORK_HOOK_INSTALLED = False
+
+
+def _restore_default_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _reset_signals_in_forked_children() -> None:
+    """Give forked workers (DataLoader, multiprocessing pools) the default signal handlers.
+
+    submitit's handlers belong to the job's main process: it logs and ignores SIGTERM. A forked
+    child inherits that, so `Pool.terminate()` (which sends SIGTERM) would wait forever for workers
+    that ignore it, and only the main process may checkpoint and requeue on USR2.
+    """
+    global _FORK_HOOK_INSTALLED
+    if not _FORK_HOOK_INSTALLED:
+        os.register_at_fork(after_in_child=_restore_default_signals)
+        _FORK_HOOK_INSTALLED = True
+
+
 def _default_target(run_dir: Path) -> dict:
     from harness.pipeline import execute_run_dir
 
@@ -271,6 +293,7 @@ class RunJob:
         self.target = target
 
     def __call__(self, run_dir: str) -> Any:
+        _reset_signals_in_forked_children()
         _export_distributed_env()
         target = self.target or _default_target
         return target(Path(run_dir))

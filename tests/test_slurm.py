@@ -199,3 +199,139 @@ def test_sweep_is_one_job_array_and_status_shows_the_failure(tmp_path, profile):
     }
     assert len(entries[failing]["jobs"]) == 2
     assert all(len(entries[r]["jobs"]) == 1 for r in run_ids if r != failing)
+
+
+# --- real tiny runs (harness.pipeline.execute_run_dir) -------------------------------------------
+
+TINY_RUN = [
+    "--set",
+    "data.synth={references: 24, training: 32, queries: 12, size: 32}",
+    "--set",
+    "data.workers=0",
+    "--set",
+    "model.embedding_dim=16",
+    "--set",
+    "model.image_size=32",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.checkpoint_every=2",
+    "--set",
+    "train.warmup_steps=1",
+    "--set",
+    "eval.batch_size=16",
+]
+RUN_TIMEOUT_S = 240
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *argv],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+
+
+def _job_of(run_dir: Path):
+    import submitit
+
+    launch = json.loads((run_dir / "launch.json").read_text())
+    return submitit.SlurmJob(run_dir / "slurm" / "%j", launch["job_id"])
+
+
+def test_run_command_with_slurm_launcher(tmp_path, slurm_cluster):  # noqa: F811
+    out = _cli(
+        "run",
+        "--method",
+        "simclr",
+        "--out",
+        str(tmp_path),
+        "--launcher",
+        "slurm",
+        "--slurm-profile",
+        "local",
+        "--set",
+        "train.budget_value=3",
+        *TINY_RUN,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "submitted SLURM job" in out.stdout
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    job = _job_of(run_dir)
+    wait_jobs([job], timeout_s=RUN_TIMEOUT_S)
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "complete" and record["budget"]["steps"] == 3
+    assert job.result()["run_id"] == record["run_id"]
+    # The job carried a path, not a model: submitit's pickle stays tiny.
+    (pickle,) = (run_dir / "slurm").glob("*/*_submitted.pkl")
+    assert pickle.stat().st_size < 4000
+
+
+def test_unknown_profile_key_is_refused_before_submission(tmp_path, slurm_cluster):  # noqa: F811
+    out = _cli(
+        "run",
+        "--method",
+        "simclr",
+        "--out",
+        str(tmp_path),
+        "--launcher",
+        "slurm",
+        "--slurm-set",
+        "gpus=2",
+        *TINY_RUN,
+    )
+    assert out.returncode == 2
+    assert "unknown SLURM profile key 'gpus'" in out.stderr and "gpus_per_node" in out.stderr
+    assert not list(tmp_path.glob("*/launch.json"))
+
+
+def test_requeue_mid_training_resumes_real_run(tmp_path, slurm_cluster):  # noqa: F811
+    """Two copies of one config: one runs through, the other is signalled mid-training."""
+    import submitit
+
+    from harness.config import prepare_run_dir, resolve_config
+
+    overrides = [v for v in TINY_RUN if v != "--set"] + ["train.budget_value=10"]
+    cfg = resolve_config("simclr", overrides=overrides)
+    plain = prepare_run_dir(cfg, tmp_path / "plain")
+    interrupted = prepare_run_dir(cfg, tmp_path / "interrupted")
+    profile = load_profile("local", ["time_min=30"])
+    jobs = submit_runs(
+        "slurm",
+        [plain, interrupted],
+        folder=tmp_path / "logs" / "%j",
+        profile=profile,
+        job_name="requeue",
+    )
+    job = jobs[1]
+    ckpt = interrupted / "checkpoints" / "last.pt"
+    wait_until(lambda: ckpt.is_file(), timeout_s=RUN_TIMEOUT_S, what="the first checkpoint")
+    job._interrupt(timeout=True)
+    wait_until(
+        lambda: job.state in ("REQUEUED", "PENDING") or "Requeued job" in _log(tmp_path, job),
+        timeout_s=RUN_TIMEOUT_S,
+        what="the requeue",
+    )
+    wait_jobs(jobs, timeout_s=2 * RUN_TIMEOUT_S)
+    a = json.loads((plain / "record.json").read_text())
+    b = json.loads((interrupted / "record.json").read_text())
+    log = _log(tmp_path, job)
+    print(
+        f"\nrequeued job {job.job_id}: {[ln for ln in log.splitlines() if 'equeue' in ln or 'timed-out' in ln]}"
+    )
+    print(f"uninterrupted budget: {a['budget']}\nrequeued budget:      {b['budget']}")
+    assert "Requeued job" in log
+    assert b["budget"]["steps"] == a["budget"]["steps"] == 10
+    assert b["budget"]["resumed_from"]  # it really resumed from a checkpoint
+    assert len(list(interrupted.rglob("record.json"))) == 1
+    assert isinstance(job, submitit.SlurmJob) and job.result()["run_id"] == b["run_id"]
+
+
+def _log(root: Path, job) -> str:
+    paths = list((root / "logs").glob(f"{job.job_id}/*_log.err"))
+    return paths[0].read_text() if paths else ""
