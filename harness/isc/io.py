@@ -213,18 +213,10 @@ def write_predictions(path: str | os.PathLike, predictions: Predictions) -> None
 
 def find_duplicate_pair(predictions: Predictions) -> tuple[int, int] | None:
     """Rows (first, repeat) of the first repeated (query, reference) pair, or None."""
-    from harness.isc.codes import pair_codes
+    from harness.isc.codes import first_repeated_pair, id_keys
 
-    codes = pair_codes(predictions.query, predictions.reference)
-    order = np.argsort(codes, kind="stable")
-    repeats = np.flatnonzero(codes[order][1:] == codes[order][:-1])
-    if len(repeats) == 0:
-        return None
-    # Report the repeat that comes first in the file.
-    candidates = order[repeats + 1]
-    again = int(candidates.min())
-    first = int(np.flatnonzero(codes == codes[again])[0])
-    return first, again
+    query_keys, reference_keys = id_keys(predictions.query, predictions.reference)
+    return first_repeated_pair(query_keys, reference_keys)
 
 
 # --------------------------------------------------------------------------------------------

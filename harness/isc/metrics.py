@@ -14,12 +14,13 @@ scores and a `searchsorted` give every cutoff that matters.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from harness.errors import InputError
-from harness.isc.codes import factorize
+from harness.isc.codes import first_repeated_pair, id_keys, lookup
 from harness.isc.types import GroundTruth, Predictions
 
 REQUIRED_PRECISION = 0.9
@@ -46,7 +47,9 @@ class LabelledPredictions:
 
     score: np.ndarray  # float64
     is_positive: np.ndarray  # bool: the (query, reference) pair is in the ground truth
-    query_code: np.ndarray  # int64, equal for equal query ids
+    # int64 code of the query among the ground truth's matched queries, -1 for any other query
+    # (those can hold no positive, so they never matter for ranks)
+    query_code: np.ndarray
     n_gt: int
 
 
@@ -56,64 +59,96 @@ def label_predictions(
     """Mark each prediction positive iff its exact (query, reference) pair is in the ground truth.
 
     Raises InputError on duplicate (query, reference) pairs or non-finite scores."""
-    import pandas as pd
-
     score = np.asarray(predictions.score, dtype=np.float64)
     if not np.isfinite(score).all():
         row = int(np.flatnonzero(~np.isfinite(score))[0])
         raise InputError(f"predictions: score at row {row} is {score[row]}; scores must be finite")
-    (gt_queries, gt_query, pred_query), n_queries = factorize(
-        gt.queries, gt.query, predictions.query
+    gt_queries, gt_query, gt_reference, query, reference = id_keys(
+        gt.queries, gt.query, gt.reference, predictions.query, predictions.reference
     )
-    (gt_reference, pred_reference), n_references = factorize(gt.reference, predictions.reference)
-
-    pred_pairs = pred_query * n_references + pred_reference
-    gt_pairs = gt_query * n_references + gt_reference
-    sorted_pairs = np.sort(pred_pairs)
-    repeated = np.flatnonzero(sorted_pairs[1:] == sorted_pairs[:-1])
-    if len(repeated):
-        row = int(np.flatnonzero(pred_pairs == sorted_pairs[repeated[0]])[1])
+    repeat = first_repeated_pair(query, reference)
+    if repeat is not None:
+        row = repeat[1]
         raise InputError(
             f"predictions: duplicate (query, reference) pair "
-            f"{predictions.query[row]},{predictions.reference[row]}"
+            f"{predictions.query[row]},{predictions.reference[row]} (rows {repeat[0]} and {row})"
         )
-    if restrict_to_gt_queries:
-        listed = np.zeros(n_queries, dtype=bool)
-        listed[gt_queries] = True
-        listed[gt_query] = True
-        keep = listed[pred_query]
-        score, pred_query, pred_pairs = score[keep], pred_query[keep], pred_pairs[keep]
-    if len(np.unique(gt_pairs)) != len(gt_pairs):
+    if first_repeated_pair(gt_query, gt_reference) is not None:
         raise InputError("ground truth: duplicate (query, reference) pairs")
-    is_positive = pd.Index(gt_pairs).get_indexer(pred_pairs) >= 0
+    if restrict_to_gt_queries:
+        _, keep = lookup(query, np.unique(np.concatenate([gt_queries, gt_query])))
+        score, query, reference = score[keep], query[keep], reference[keep]
+
+    # Dense codes over the ground truth's own queries and references; a prediction can only be
+    # positive if both its ids appear there.
+    gt_query_ids, gt_reference_ids = np.unique(gt_query), np.unique(gt_reference)
+    query_index, query_known = lookup(query, gt_query_ids)
+    candidate = np.flatnonzero(query_known)  # only these can be positive
+    reference_index, reference_known = lookup(reference[candidate], gt_reference_ids)
+    candidate, reference_index = candidate[reference_known], reference_index[reference_known]
+    n_references = len(gt_reference_ids)
+    gt_pairs = (
+        lookup(gt_query, gt_query_ids)[0] * n_references + lookup(gt_reference, gt_reference_ids)[0]
+    )
+    is_positive = np.zeros(len(score), dtype=bool)
+    candidate_pairs = query_index[candidate] * n_references + reference_index
+    is_positive[candidate] = lookup(candidate_pairs, gt_pairs)[1]
+    query_code = np.where(query_known, query_index, -1)
     return LabelledPredictions(
-        score=score, is_positive=is_positive, query_code=pred_query, n_gt=gt.n_gt
+        score=score, is_positive=is_positive, query_code=query_code, n_gt=gt.n_gt
     )
 
 
-def _positive_cutoffs(
-    score: np.ndarray, is_positive: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For the positives in pessimistic order: their scores, true-positive counts and cutoffs.
+@dataclass
+class PositiveCutoffs:
+    """The cutoffs that matter: one per positive, in the pessimistic order."""
 
-    Returns (positive_scores descending, tp = 1..m, position i of each in the global order)."""
+    score: np.ndarray  # the positives' scores, descending
+    true_positives: np.ndarray  # 1..m
+    position: np.ndarray  # 1-based position in the global order (= the cutoff's size)
+
+
+def positive_cutoffs(score: np.ndarray, is_positive: np.ndarray) -> PositiveCutoffs:
+    """The k-th positive sits after every negative scoring >= it (ties: negatives first)."""
     positive_scores = -np.sort(-score[is_positive])
     negative_scores = np.sort(score[~is_positive])
     negatives_at_or_above = len(negative_scores) - np.searchsorted(
         negative_scores, positive_scores, side="left"
     )
     true_positives = np.arange(1, len(positive_scores) + 1)
-    return positive_scores, true_positives, true_positives + negatives_at_or_above
+    return PositiveCutoffs(positive_scores, true_positives, true_positives + negatives_at_or_above)
 
 
-def average_precision(score: np.ndarray, is_positive: np.ndarray, n_gt: int) -> float | None:
+def average_precision_at(cutoffs: PositiveCutoffs, n_gt: int) -> float | None:
     """Micro AP: sum over cutoffs of (R_i - R_{i-1}) * P_i; only positives change R."""
     if n_gt == 0:
         return None
-    _, tp, cutoff = _positive_cutoffs(score, is_positive)
-    # Recall steps written as isc2021 computes them (a difference of ratios), for identical sums.
+    tp = cutoffs.true_positives
+    # Recall steps written as isc2021 computes them (a difference of ratios); negatives add
+    # exactly 0. fsum makes the total independent of summation order (exactly rounded).
     recall_step = tp / n_gt - (tp - 1) / n_gt
-    return float(np.sum(recall_step * (tp / cutoff)))
+    return math.fsum((recall_step * (tp / cutoffs.position)).tolist())
+
+
+def recall_at_precision_at(
+    cutoffs: PositiveCutoffs, n_gt: int, required_precision: float = REQUIRED_PRECISION
+) -> tuple[float | None, float | None]:
+    """The highest recall among cutoffs with precision >= required, and that cutoff's score.
+
+    (None, None) when no cutoff reaches the precision. The best cutoff is always at a positive:
+    a negative cutoff has the recall of the positive before it and a lower precision."""
+    if n_gt == 0:
+        return None, None
+    tp = cutoffs.true_positives
+    valid = np.flatnonzero(tp / cutoffs.position >= required_precision)
+    if len(valid) == 0:
+        return None, None
+    best = valid[-1]
+    return float(tp[best] / n_gt), float(cutoffs.score[best])
+
+
+def average_precision(score: np.ndarray, is_positive: np.ndarray, n_gt: int) -> float | None:
+    return average_precision_at(positive_cutoffs(score, is_positive), n_gt)
 
 
 def recall_at_precision(
@@ -122,34 +157,31 @@ def recall_at_precision(
     n_gt: int,
     required_precision: float = REQUIRED_PRECISION,
 ) -> tuple[float | None, float | None]:
-    """The highest recall among cutoffs with precision >= required, and that cutoff's score.
-
-    (None, None) when no cutoff reaches the precision. The best cutoff is always at a positive:
-    a negative cutoff has the recall of the positive before it and a lower precision."""
-    if n_gt == 0:
-        return None, None
-    positive_scores, tp, cutoff = _positive_cutoffs(score, is_positive)
-    valid = np.flatnonzero(tp / cutoff >= required_precision)
-    if len(valid) == 0:
-        return None, None
-    best = valid[-1]
-    return float(tp[best] / n_gt), float(positive_scores[best])
+    return recall_at_precision_at(positive_cutoffs(score, is_positive), n_gt, required_precision)
 
 
 def true_pair_ranks(
     score: np.ndarray, is_positive: np.ndarray, query_code: np.ndarray
 ) -> np.ndarray:
-    """For each positive prediction: (number of its query's predictions scoring >= it) - 1."""
+    """For each positive prediction: (number of its query's predictions scoring >= it) - 1.
+
+    `query_code`: small non-negative integers equal for equal queries (-1: a query with no
+    positive)."""
     if not is_positive.any():
         return np.zeros(0, dtype=np.int64)
     # Only queries with a positive matter; their predictions get one int64 key
     # (query, rank of score) so one integer sort groups by query and orders by score.
-    has_positive = np.zeros(int(query_code.max()) + 1, dtype=bool)
+    has_positive = np.zeros(int(query_code.max()) + 2, dtype=bool)  # slot -1 stays False
     has_positive[query_code[is_positive]] = True
     keep = has_positive[query_code]
     score, is_positive, query_code = score[keep], is_positive[keep], query_code[keep]
     n = len(score)
-    score_rank = np.searchsorted(np.sort(score), score, side="left")  # equal scores, equal rank
+    # Rank of each score among all kept scores, equal for equal scores (the first of its ties).
+    order = np.argsort(score)
+    sorted_scores = score[order]
+    tie_start = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    score_rank = np.empty(n, dtype=np.int64)
+    score_rank[order] = np.repeat(tie_start, np.diff(np.r_[tie_start, n]))
     keys = np.sort(query_code * n + score_rank)
     positive_query = query_code[is_positive]
     start = np.searchsorted(keys, positive_query * n + score_rank[is_positive], side="left")
@@ -172,15 +204,13 @@ def evaluate(
 ) -> Metrics:
     """All ISC 2021 metrics of `predictions` against `gt` (None where undefined)."""
     labelled = label_predictions(gt, predictions, restrict_to_gt_queries=restrict_to_gt_queries)
-    ap = average_precision(labelled.score, labelled.is_positive, labelled.n_gt)
-    recall_p90, threshold_p90 = recall_at_precision(
-        labelled.score, labelled.is_positive, labelled.n_gt
-    )
+    cutoffs = positive_cutoffs(labelled.score, labelled.is_positive)
+    recall_p90, threshold_p90 = recall_at_precision_at(cutoffs, labelled.n_gt)
     rank1, rank10 = recall_at_ranks(
         labelled.score, labelled.is_positive, labelled.query_code, labelled.n_gt
     )
     return Metrics(
-        average_precision=ap,
+        average_precision=average_precision_at(cutoffs, labelled.n_gt),
         recall_at_p90=recall_p90,
         threshold_at_p90=threshold_p90,
         recall_at_rank1=rank1,

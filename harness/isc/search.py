@@ -150,8 +150,11 @@ def capped_search(
     batch_size: int = DEFAULT_BATCH_SIZE,
     k: int | None = None,
     progress: bool = False,
+    stats: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The `max_results` best (query index, reference index, score) pairs over all queries."""
+    """The `max_results` best (query index, reference index, score) pairs over all queries.
+
+    `stats`, if given, receives the passes made and how many queries each pass searched."""
     from tqdm import tqdm
 
     n_queries, n_references = len(queries), index.cpu.ntotal
@@ -160,7 +163,9 @@ def capped_search(
     top = _TopPairs(max_results)
     pending = np.arange(n_queries)
     kth_score = np.full(n_queries, np.inf, dtype=np.float32)
+    searched_per_pass = []
     while len(pending):
+        searched_per_pass.append((k, len(pending)))
         top.drop_queries(pending, n_queries)
         batches = list(_batches(len(pending), batch_size))
         for batch in tqdm(batches, desc=f"capped search (k={k})", disable=not progress):
@@ -175,6 +180,8 @@ def capped_search(
         saturated = kth_score[pending] >= top.threshold
         pending = pending[saturated]
         k = min(n_references, 2 * k)
+    if stats is not None:
+        stats["passes"] = searched_per_pass
     order = np.lexsort((-top.score, top.query))
     return top.query[order], top.reference[order], top.score[order]
 

@@ -1,0 +1,77 @@
+"""`python -m harness bench`: discovery, table, JSON with machine info (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.benchmarks import discover
+from harness.benchmarks import metrics as metrics_bench
+from harness.benchmarks import search as search_bench
+from harness.cli import main
+from harness.commands.bench import format_table
+from harness.isc import evaluate
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(metrics_bench, "QUICK_SIZES", (2_000,))
+    monkeypatch.setattr(search_bench, "QUICK_CASES", ((200, 3_000, 16),))
+
+
+def test_modules_are_discovered():
+    modules = discover()
+    assert {"metrics", "search"} <= set(modules)
+    for module in modules.values():
+        assert isinstance(module.DESCRIPTION, str) and callable(module.run)
+
+
+def test_bench_writes_table_and_json(tiny, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "metrics", "search", "--quick", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "## metrics" in printed and "## search" in printed and "reference_seconds" in printed
+    report = json.loads(out.read_text())
+    assert report["quick"] is True
+    assert {"cpu_count", "torch", "faiss", "device"} <= set(report["machine"])
+    metrics_rows = report["benchmarks"]["metrics"]["rows"]
+    assert [row["identical"] for row in metrics_rows] == [True]
+    assert all(row["seconds"] > 0 and row["reference_seconds"] > 0 for row in metrics_rows)
+    (search_row,) = report["benchmarks"]["search"]["rows"]
+    assert search_row["results"] == search_row["max_results"] == 2_000
+
+
+def test_unknown_benchmark_is_a_clear_error(capsys):
+    assert main(["bench", "nonsense", "--quick"]) == 2
+    assert "unknown benchmark(s) nonsense" in capsys.readouterr().err
+
+
+def test_bench_reference_agrees_with_the_vectorized_metrics():
+    gt, predictions = metrics_bench.synthetic_case(5_000, seed=3)
+    rows = list(
+        zip(
+            predictions.query.tolist(),
+            predictions.reference.tolist(),
+            predictions.score.tolist(),
+            strict=True,
+        )
+    )
+    pairs = list(zip(gt.query.tolist(), gt.reference.tolist(), strict=True))
+    expected = metrics_bench.reference_metrics(pairs, rows)
+    got = evaluate(gt, predictions).to_dict()
+    assert expected["recall_at_p90"] is not None  # the case exercises every metric
+    for key, value in expected.items():
+        assert got[key] == value, key
+
+
+def test_format_table_aligns_columns():
+    table = format_table(
+        [{"case": "a", "seconds": 1.5, "ok": True}, {"case": "bb", "seconds": 0.25, "ok": False}]
+    )
+    lines = table.splitlines()
+    assert lines[0].split() == ["case", "seconds", "ok"]
+    # Numbers right-aligned under their header: both values end where "seconds" ends.
+    end = lines[0].index("seconds") + len("seconds")
+    assert lines[2][:end].endswith("1.5") and lines[3][:end].endswith("0.25")
+    assert "NO" in lines[3]
