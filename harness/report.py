@@ -773,21 +773,48 @@ def mean_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, floa
     return delta, float(math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
 
 
+def _is_main_product(axes: dict[str, list]) -> bool:
+    """A grid product is part of the main comparison when every axis besides method and seed has a
+    single value (fixed settings); an axis with several values makes it a sweep of that key."""
+    return all(len(values) == 1 for key, values in axes.items() if key not in ("method", "seed"))
+
+
+def _point_in_product(point: dict, axes: dict[str, list]) -> bool:
+    return set(point) == set(axes) and all(point[key] in axes[key] for key in axes)
+
+
 def main_comparison_runs(runs: pd.DataFrame, sweep_dir: str | os.PathLike | None) -> pd.Series:
     """Which runs form the equal-budget comparison (a boolean per run).
 
-    With the sweep's manifest.json, those whose grid point sets nothing but the method and the seed
-    (the sweep's main product; the negatives sweeps set their own keys). Without one, per method, the
-    group with the most seeds (ties: the first by name).
+    Read from the sweep directory: the runs whose grid point (manifest.json) comes from a product of
+    the sweep file (sweep.yaml) in which no key but method and seed takes several values, i.e. not
+    from a sweep over a key such as qk.num_negatives. With a manifest but no sweep file: the runs
+    whose grid point sets only method and seed. With neither: per method, the group with the most
+    seeds (ties: the first by name).
     """
-    manifest = Path(sweep_dir) / "manifest.json" if sweep_dir is not None else None
+    sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
+    manifest = sweep_dir / "manifest.json" if sweep_dir is not None else None
     if manifest is not None and manifest.is_file():
         try:
             entries = json.loads(manifest.read_text(encoding="utf-8")).get("runs", [])
         except (OSError, ValueError) as err:
             raise InputError(f"{manifest}: unreadable sweep manifest: {err}") from err
+        if (sweep_dir / "sweep.yaml").is_file():
+            from harness.sweep import load_sweep_spec
+
+            products = [
+                a for a in load_sweep_spec(sweep_dir / "sweep.yaml").grid if _is_main_product(a)
+            ]
+        else:
+            products = None
         main_ids = {
-            str(e["run_id"]) for e in entries if set(e.get("point", {})) <= {"method", "seed"}
+            str(e["run_id"])
+            for e in entries
+            if (
+                any(_point_in_product(e.get("point", {}), axes) for axes in products)
+                if products is not None
+                else set(e.get("point", {})) <= {"method", "seed"}
+            )
         }
         return runs["run_id"].astype(str).isin(main_ids)
     sizes = runs.groupby(["method", "group"]).size().reset_index(name="n")

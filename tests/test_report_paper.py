@@ -15,7 +15,8 @@ from harness import report
 
 @pytest.fixture(scope="module")
 def sweep_dir(fabricated, tmp_path_factory):  # noqa: F811
-    """The fabricated runs as a sweep directory whose manifest marks qk-256 as a negatives point."""
+    """The fabricated runs as a sweep directory: qk-256 is a point of a negatives sweep, moco a
+    main-comparison product with a fixed queue size."""
     root, _, _ = fabricated
     sweep = tmp_path_factory.mktemp("sweep") / "paper"
     shutil.copytree(root / "sweeps" / "demo", sweep / "runs")
@@ -27,8 +28,18 @@ def sweep_dir(fabricated, tmp_path_factory):  # noqa: F811
         point = {"method": method, "seed": int(seed[1:])}
         if method == "qk" and negatives == "256":
             point["qk.num_negatives"] = 256
+        if method == "moco":
+            point["moco.queue_size"] = 512
         entries.append({"run_id": run.name, "run_dir": f"runs/{run.name}", "point": point})
     (sweep / "manifest.json").write_text(json.dumps({"name": "paper", "runs": entries}))
+    (sweep / "sweep.yaml").write_text(
+        "name: paper\n"
+        "grid:\n"
+        "  - {method: [qk, simclr]}\n"
+        "  - {method: [moco], moco.queue_size: [512]}\n"
+        "  - {method: [qk], qk.num_negatives: [256, 1024]}\n"
+        "seeds: [0, 1, 2]\n"
+    )
     return sweep
 
 
@@ -54,7 +65,16 @@ def test_difference_is_stated_whichever_way_it_comes_out():
 def test_main_comparison_comes_from_the_manifest(sweep_dir):
     runs = report.add_group_column(report.load_runs([sweep_dir]).runs, report.DEFAULT_GROUP_BY)
     main = report.main_comparison_runs(runs, sweep_dir)
+    # Products whose keys besides method and seed have one value each are the main comparison.
     assert sorted(runs.loc[main, "group"].unique()) == ["moco", "qk (num_negatives=64)", "simclr"]
+    # A manifest without its sweep file: the points that set nothing but method and seed.
+    spec = (sweep_dir / "sweep.yaml").read_text()
+    (sweep_dir / "sweep.yaml").unlink()
+    try:
+        by_points = report.main_comparison_runs(runs, sweep_dir)
+    finally:
+        (sweep_dir / "sweep.yaml").write_text(spec)
+    assert sorted(runs.loc[by_points, "group"].unique()) == ["qk (num_negatives=64)", "simclr"]
     # Without a manifest: per method the group with the most seeds (here a tie -> first by name).
     fallback = report.main_comparison_runs(runs, None)
     assert sorted(runs.loc[fallback, "group"].unique()) == [

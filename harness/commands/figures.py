@@ -14,8 +14,9 @@ minus each baseline with the standard error of the difference (stated whichever 
 the negatives-per-step sweeps, and the QK paper's own numbers (0.3403 vs 0.2001 on DISC21 phase 1,
 which is not this benchmark) for orientation.
 
-The equal-budget runs are those whose grid point in the sweep's manifest.json sets only the method
-and the seed (the main product of configs/sweeps/paper.yaml); the negatives sweeps set their own keys.
+The equal-budget runs come from the sweep file's products in which no key but method and seed takes
+several values (the first product of configs/sweeps/paper.yaml); a product with a key taking several
+values (qk.num_negatives: [64, 256, 1024]) is a sweep of that key.
 
 Example:
   python -m harness sweep configs/sweeps/paper.yaml
