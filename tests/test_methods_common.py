@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import torch
-from test_methods_support import (
+from test_methods_support import (  # noqa: F401  (one_thread: autouse fixture)
     BATCH,
     FakeTrainer,
     build,
     context,
     fixed_batch,
     images,
+    one_thread,
     optimizer_for,
     run_steps,
 )
@@ -79,7 +80,6 @@ def test_none_is_untrained_and_deterministic_for_a_seed():
         )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", TRAINED)
 def test_loss_decreases_over_a_few_steps(name):
     # Two fixed disjoint tiny batches, alternating, so MoCo's 8-key queue always holds the *other*

@@ -3,11 +3,23 @@ trainer's contract in methods/base.py does (no tests here)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from methods import MethodContext, TrainBatch, TrainContext, create_method, get_method
 
 SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: extra BLAS threads only fight the other jobs on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 BATCH = 8
 
 
