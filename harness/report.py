@@ -233,6 +233,15 @@ def load_runs(
     runs["setting_id"] = [
         _setting_hash({rename.get(k, k): v for k, v in flat.items()}, ignored) for flat in configs
     ]
+    # Two runs of one setting with the same seed (re-run under another --run-id) are one sample,
+    # not two seeds: keep the first found, list the other.
+    repeated = runs.duplicated(["setting_id", "seed"], keep="first")
+    for _, run in runs[repeated].iterrows():
+        first = runs[(runs["setting_id"] == run["setting_id"]) & (runs["seed"] == run["seed"])]
+        skipped.append(
+            SkippedRun(run["run_dir"], f"same setting and seed as {first.iloc[0]['run_dir']}")
+        )
+    runs = runs[~repeated].reset_index(drop=True)
     runs["setting"] = setting_labels(runs, config_columns)
     runs = runs.sort_values(["method", "setting", "seed"], kind="stable").reset_index(drop=True)
     return LoadedRuns(runs=runs, skipped=skipped, config_columns=config_columns)

@@ -325,3 +325,18 @@ def test_pr_curve_is_drawn_for_the_median_seed_of_the_chosen_group(fabricated):
     for _, run in chosen.iterrows():
         key = ("qk", 256) if run["method"] == "qk" else ("simclr", 126)
         assert run["map"] == pytest.approx(float(np.median(expected[key]["map"])))
+
+
+def test_a_repeated_seed_of_one_setting_is_not_a_second_seed(tmp_path):
+    values = dict.fromkeys(
+        ("map", "map_norm", "r90", "rank1", "train_seconds", "total", "rss"), 0.5
+    )
+    values.update(negatives=10, images_seen=100)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        (tmp_path / name).mkdir()
+        record = _record(f"qk-{name}", "qk", seed, {"train": {"lr": 0.1}}, values, tmp_path)
+        (tmp_path / name / "record.json").write_text(json.dumps(record))
+    loaded = report.load_runs([tmp_path])
+    assert sorted(loaded.runs["run_id"]) == ["qk-a", "qk-c"]
+    assert [s.reason for s in loaded.skipped] == [f"same setting and seed as {tmp_path / 'a'}"]
+    assert report.summarize(loaded.runs)["n_seeds"].tolist() == [2]
