@@ -194,3 +194,16 @@ def test_dataset_reports_undecodable_file_met_late(tmp_path):
     dataset = ImageDataset(bench.training, eval_transform(8))
     with pytest.raises(InputError, match="T000001.jpg"):
         dataset[1]
+
+
+def test_metadata_must_agree_with_ground_truth(tmp_path):
+    root = make_benchmark(tmp_path / "b")
+    rows = "query_id,reference_id,source_id,edits\nQ00000,R000003,R000003,crop\n"
+    (root / "metadata.csv").write_text(rows + "Q00001,R000000,R000000,blur\nQ00002,,D000002,jpeg\n")
+    assert len(load_benchmark(root).metadata) == 3
+    (root / "metadata.csv").write_text(rows + "Q00001,R000005,R000005,blur\n")
+    with pytest.raises(InputError, match="metadata.csv disagrees.*Q00001,R00000"):
+        load_benchmark(root)
+    (root / "metadata.csv").write_text("query_id,edits\nQ00000,crop\n")
+    with pytest.raises(InputError, match="missing column"):
+        load_benchmark(root)

@@ -149,14 +149,17 @@ def check_image(path: Path) -> str | None:
 def _check_images(paths: list[Path], progress: bool, desc: str) -> list[str | None]:
     from tqdm.auto import tqdm
 
+    reasons: list[str | None] = []
+    batch = 4096  # bounded number of pending futures, however many files there are
     # PIL releases the GIL while reading files, so threads overlap the I/O.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        results = pool.map(check_image, paths, chunksize=256)
-        return list(
-            tqdm(
-                results, total=len(paths), desc=desc, disable=not progress, leave=False, unit="img"
-            )
-        )
+    with (
+        ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool,
+        tqdm(total=len(paths), desc=desc, disable=not progress, leave=False, unit="img") as bar,
+    ):
+        for start in range(0, len(paths), batch):
+            reasons += pool.map(check_image, paths[start : start + batch])
+            bar.update(min(batch, len(paths) - start))
+    return reasons
 
 
 def _load_split(
@@ -235,6 +238,7 @@ def load_benchmark(
     metadata = None
     if (root / METADATA_FILE).is_file():
         metadata = read_metadata(root / METADATA_FILE)
+        _check_metadata(metadata, root / METADATA_FILE, gt, gt_path)
     return Benchmark(
         root=root,
         references=sets["references"],
@@ -289,3 +293,21 @@ def _check_ground_truth(gt, gt_path: Path, sets: dict[str, ImageSet], skipped, G
         query=pair_query[keep_pair],
         reference=pair_reference[keep_pair],
     )
+
+
+def _check_metadata(metadata, path: Path, gt, gt_path: Path) -> None:
+    """The metadata's copies must be exactly the ground truth's pairs (for the queries both list)."""
+    listed = set(gt.queries.tolist())
+    rows = metadata[metadata["query_id"].isin(listed)]
+    from_metadata = set(zip(rows["query_id"], rows["reference_id"], strict=True)) - {
+        (q, "") for q in rows["query_id"]
+    }
+    from_truth = set(zip(gt.query.tolist(), gt.reference.tolist(), strict=True))
+    differ = sorted(from_metadata ^ from_truth)
+    if differ:
+        query, reference = differ[0]
+        where = "metadata only" if (query, reference) in from_metadata else "ground truth only"
+        raise InputError(
+            f"{path} disagrees with {gt_path}: pair {query},{reference} is in the {where} "
+            f"({len(differ)} differing pairs)"
+        )
