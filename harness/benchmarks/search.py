@@ -75,8 +75,13 @@ def run(quick: bool) -> list[dict]:
             return capped_search(index, features, max_results, batch_size=batch_size, stats=stats)
 
         bare_knn()  # warm-up: page in the index, start the thread pool
-        (_, bare_peak), bare_seconds = timed(lambda f=bare_knn: _traced(f))
-        ((result, capped_peak)), capped_seconds = timed(lambda f=capped: _traced(f))
+        # Alternate the two so that load from other processes hits both alike; keep the best.
+        bare_seconds = capped_seconds = float("inf")
+        for _ in range(3 if quick else 2):
+            (_, bare_peak), seconds = timed(lambda f=bare_knn: _traced(f))
+            bare_seconds = min(bare_seconds, seconds)
+            (result, capped_peak), seconds = timed(lambda f=capped: _traced(f))
+            capped_seconds = min(capped_seconds, seconds)
         requeried = sum(n for _, n in stats["passes"][1:])
         rows.append(
             {
