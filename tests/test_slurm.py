@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -313,19 +314,17 @@ def test_requeue_mid_training_resumes_real_run(tmp_path, slurm_cluster):  # noqa
     wait_until(lambda: ckpt.is_file(), timeout_s=RUN_TIMEOUT_S, what="the first checkpoint")
     job._interrupt(timeout=True)
     wait_until(
-        lambda: job.state in ("REQUEUED", "PENDING") or "Requeued job" in _log(tmp_path, job),
-        timeout_s=RUN_TIMEOUT_S,
-        what="the requeue",
+        lambda: "SIGUSR2" in _log(tmp_path, job), timeout_s=60, what="the signal to reach the job"
     )
     wait_jobs(jobs, timeout_s=2 * RUN_TIMEOUT_S)
     a = json.loads((plain / "record.json").read_text())
     b = json.loads((interrupted / "record.json").read_text())
     log = _log(tmp_path, job)
     print(
-        f"\nrequeued job {job.job_id}: {[ln for ln in log.splitlines() if 'equeue' in ln or 'timed-out' in ln]}"
+        f"\nrequeued job {job.job_id}: {[ln for ln in log.splitlines() if 'SIGUSR2' in ln or 'REQUEUE' in ln]}"
     )
     print(f"uninterrupted budget: {a['budget']}\nrequeued budget:      {b['budget']}")
-    assert "Requeued job" in log
+    assert "JOB REQUEUE" in log or "Requeued job" in log
     assert b["budget"]["steps"] == a["budget"]["steps"] == 10
     assert b["budget"]["resumed_from"]  # it really resumed from a checkpoint
     assert len(list(interrupted.rglob("record.json"))) == 1
@@ -335,3 +334,65 @@ def test_requeue_mid_training_resumes_real_run(tmp_path, slurm_cluster):  # noqa
 def _log(root: Path, job) -> str:
     paths = list((root / "logs").glob(f"{job.job_id}/*_log.err"))
     return paths[0].read_text() if paths else ""
+
+
+def test_sweep_command_runs_tiny_grid_as_job_array(tmp_path, slurm_cluster):  # noqa: F811
+    sweep_dir = tmp_path / "tiny"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "sweep",
+            "configs/sweeps/tiny.yaml",
+            "--launcher",
+            "slurm",
+            "--out",
+            str(sweep_dir),
+            "--wait",
+            "--timeout",
+            str(3 * RUN_TIMEOUT_S),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=4 * RUN_TIMEOUT_S,
+        cwd=Path(__file__).parent.parent,
+    )
+    print("\n" + out.stdout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    job_ids = [r["jobs"][0]["job_id"] for r in manifest["runs"]]
+    assert len({j.split("_")[0] for j in job_ids}) == 1 and all("_" in j for j in job_ids)
+    status = subprocess.run(
+        [sys.executable, "-m", "harness", "status", str(sweep_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    print(status.stdout)
+    assert status.returncode == 0 and "4 done" in status.stdout
+    for entry in manifest["runs"]:
+        record = json.loads((sweep_dir / entry["run_dir"] / "record.json").read_text())
+        assert (
+            record["method"] == entry["point"]["method"]
+            and record["seed"] == entry["point"]["seed"]
+        )
+    # Submitting the same sweep again submits nothing: finished runs are never re-run.
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "sweep",
+            "configs/sweeps/tiny.yaml",
+            "--launcher",
+            "slurm",
+            "--out",
+            str(sweep_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert again.returncode == 0 and "nothing to submit" in again.stdout
