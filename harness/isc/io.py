@@ -92,8 +92,8 @@ def _split_header(
 
 
 def _check_ids(path: Path, ids: np.ndarray, lines: np.ndarray, what: str) -> np.ndarray:
+    # Ids are taken verbatim (the parser already skips whitespace after a comma).
     ids = ids.astype(str)
-    ids = np.char.strip(ids) if len(ids) else ids
     empty = np.flatnonzero(ids == "")
     if len(empty):
         raise InputError(f"{path}:{lines[empty[0]]}: empty {what}")
@@ -116,7 +116,7 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
     if len(cells) == 0:
         raise InputError(f"{path}: no ground-truth rows")
     queries = _check_ids(path, cells[:, 0], lines, "query_id")
-    references = np.char.strip(cells[:, 1].astype(str))
+    references = cells[:, 1].astype(str)
     has_match = references != ""
 
     pairs = np.char.add(np.char.add(queries, "\x00"), references)
@@ -153,7 +153,48 @@ def write_ground_truth(path: str | os.PathLike, gt: GroundTruth) -> None:
 
 def read_predictions(path: str | os.PathLike) -> Predictions:
     """Read `query_id,reference_id,score` (header optional). Malformed rows, non-numeric or
-    non-finite scores, duplicate (query, reference) pairs and an empty file are errors."""
+    non-finite scores, empty ids, duplicate (query, reference) pairs and an empty file are errors
+    (InputError naming the file and line)."""
+    path = Path(path)
+    try:
+        predictions = _read_predictions_fast(path)
+    except (ValueError, InputError, UnicodeDecodeError):
+        predictions = None
+    # Anything unusual is re-read cell by cell, which finds and reports the offending line.
+    return predictions if predictions is not None else _read_predictions_checked(path)
+
+
+def _read_predictions_fast(path: Path) -> Predictions | None:
+    """The common case in one native pass; None if any check fails (the caller then re-reads)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as handle:
+        first = next((line for line in handle if line.strip()), "")
+    has_header = [field.strip() for field in first.split(",")] == list(PREDICTION_COLUMNS)
+    frame = pd.read_csv(
+        path,
+        header=0 if has_header else None,
+        names=list(PREDICTION_COLUMNS),
+        dtype={"query_id": str, "reference_id": str, "score": np.float64},
+        na_filter=False,
+        skipinitialspace=True,
+        engine="c",
+    )
+    if len(frame) == 0:
+        return None
+    query = frame["query_id"].to_numpy(dtype=str)
+    reference = frame["reference_id"].to_numpy(dtype=str)
+    score = frame["score"].to_numpy(dtype=np.float64)
+    if not np.isfinite(score).all() or (query == "").any() or (reference == "").any():
+        return None
+    predictions = Predictions(query=query, reference=reference, score=score)
+    return None if find_duplicate_pair(predictions) is not None else predictions
+
+
+def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
+    """Cell-by-cell reading that locates every kind of bad input (slower)."""
     import pandas as pd
 
     path = Path(path)
