@@ -98,7 +98,7 @@ def spec_from_dict(data: Any, *, source: str = "<sweep>", default_name: str = "s
         )
     grid = data.get("grid")
     if isinstance(grid, dict):
-        grid = [grid]
+        grid = [grid] if grid else []
     if not isinstance(grid, list) or not grid:
         raise ConfigError(f"{source}: `grid` is empty; give a mapping of key -> list of values")
     seeds = data.get("seeds")
