@@ -75,3 +75,34 @@ def test_format_table_aligns_columns():
     end = lines[0].index("seconds") + len("seconds")
     assert lines[2][:end].endswith("1.5") and lines[3][:end].endswith("0.25")
     assert "NO" in lines[3]
+
+
+@pytest.mark.slow
+def test_quick_bench_runs_unchanged(tmp_path):
+    """What CI promises: `bench --quick` at its real quick sizes (figures printed, not asserted)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "quick.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "bench",
+            "metrics",
+            "search",
+            "--quick",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    print(done.stdout)
+    report = json.loads(out.read_text())
+    assert all(row["identical"] for row in report["benchmarks"]["metrics"]["rows"])
+    assert all(
+        row["results"] == row["max_results"] for row in report["benchmarks"]["search"]["rows"]
+    )
