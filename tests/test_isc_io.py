@@ -82,6 +82,16 @@ def test_predictions_round_trip_keeps_full_precision(tmp_path):
     np.testing.assert_array_equal(again.score, scores)
 
 
+def test_both_readers_parse_scores_exactly(tmp_path):
+    from harness.isc.io import _read_predictions_checked
+
+    scores = np.random.default_rng(0).standard_normal(5000) * 10.0 ** np.arange(-20, 30, 0.01)
+    ids = np.char.add("Q", np.arange(5000).astype(str))
+    write_predictions(tmp_path / "p.csv", Predictions(query=ids, reference=ids, score=scores))
+    np.testing.assert_array_equal(read_predictions(tmp_path / "p.csv").score, scores)
+    np.testing.assert_array_equal(_read_predictions_checked(tmp_path / "p.csv").score, scores)
+
+
 def test_predictions_without_header_and_with_blank_lines(tmp_path):
     p = read_predictions(write(tmp_path / "p.csv", "Q1,R1,0.5\n\nQ2,R2,-1e3\n"))
     assert p.score.tolist() == [0.5, -1000.0]

@@ -28,11 +28,9 @@ MAX_DESCRIPTOR_DIM = 256
 # --------------------------------------------------------------------------------------------
 
 
-def _read_csv_cells(path: Path, columns: tuple[str, ...]) -> tuple[np.ndarray, int]:
-    """All cells of a CSV as a (rows, len(columns)) object array of str, and the 1-based line
-    number of its first row. A header row equal to `columns` is skipped; blank lines are kept out
-    of the result but still counted, so row i sits on line `first_line + i` of the rows kept
-    by the returned line numbers (see `_line_numbers`)."""
+def _read_csv_cells(path: Path, columns: tuple[str, ...]) -> np.ndarray:
+    """All cells of a CSV as a (lines, len(columns)) object array of str, row i = line i + 1
+    (blank lines included, so line numbers stay right); missing trailing fields are ""."""
     import pandas as pd
 
     if not path.is_file():
@@ -70,7 +68,7 @@ def _read_csv_cells(path: Path, columns: tuple[str, ...]) -> tuple[np.ndarray, i
     if cells.shape[1] < len(columns):
         padding = np.full((len(cells), len(columns) - cells.shape[1]), "", dtype=object)
         cells = np.hstack([cells, padding])
-    return cells, 1
+    return cells
 
 
 def _split_header(
@@ -103,7 +101,7 @@ def _check_ids(path: Path, ids: np.ndarray, lines: np.ndarray, what: str) -> np.
 def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
     """Read `query_id,reference_id` (header optional); an empty reference_id marks a distractor."""
     path = Path(path)
-    cells, _ = _read_csv_cells(path, GT_COLUMNS)
+    cells = _read_csv_cells(path, GT_COLUMNS)
     cells, lines = _split_header(
         path,
         cells,
@@ -181,6 +179,7 @@ def _read_predictions_fast(path: Path) -> Predictions | None:
         na_filter=False,
         skipinitialspace=True,
         engine="c",
+        float_precision="round_trip",  # exact: what write_predictions wrote is what we read
     )
     if len(frame) == 0:
         return None
@@ -198,7 +197,7 @@ def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
     import pandas as pd
 
     path = Path(path)
-    cells, _ = _read_csv_cells(path, PREDICTION_COLUMNS)
+    cells = _read_csv_cells(path, PREDICTION_COLUMNS)
 
     def looks_like_header(row) -> bool:
         # A first row whose score does not parse as a number ("nan" and "inf" do) is a header.
