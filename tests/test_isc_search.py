@@ -81,6 +81,14 @@ def test_cap_larger_than_all_pairs_returns_every_pair():
     assert len(predictions) == 35
 
 
+def test_all_ties_are_cut_to_exactly_the_cap():
+    query = Descriptors([f"Q{i}" for i in range(5)], np.zeros((5, 4), np.float32))
+    reference = Descriptors([f"R{i}" for i in range(50)], np.zeros((50, 4), np.float32))
+    predictions = search(query, reference, max_results=12, batch_size=2)
+    assert len(predictions) == 12 and (predictions.score == 0).all()
+    assert len(set(zip(predictions.query, predictions.reference, strict=True))) == 12
+
+
 def test_batch_size_does_not_change_the_result():
     query, reference = random_descriptors("Q", 90, seed=5), random_descriptors("R", 300, seed=6)
     a = search(query, reference, batch_size=8)

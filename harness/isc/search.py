@@ -164,10 +164,12 @@ def capped_search(
     pending = np.arange(n_queries)
     kth_score = np.full(n_queries, np.inf, dtype=np.float32)
     searched_per_pass = []
+    # Results held per batch stay at batch_size x (first k), whatever k later passes use.
+    cells_per_batch = batch_size * k
     while len(pending):
         searched_per_pass.append((k, len(pending)))
         top.drop_queries(pending, n_queries)
-        batches = list(_batches(len(pending), batch_size))
+        batches = list(_batches(len(pending), max(1, cells_per_batch // k)))
         for batch in tqdm(batches, desc=f"capped search (k={k})", disable=not progress):
             rows = pending[batch]
             scores, indices = index.scores(queries[rows], k)
@@ -176,8 +178,10 @@ def capped_search(
         top.crop()
         if k >= n_references:
             break
-        # Saturated: the k-th neighbour is still inside the cap, so k+1-th might be too.
-        saturated = kth_score[pending] >= top.threshold
+        # Saturated: the k-th neighbour is strictly inside the cap, so the (k+1)-th might be too.
+        # (One equal to the threshold can only tie with the K-th pair; ties there are cut
+        # arbitrarily, as in isc2021.)
+        saturated = kth_score[pending] > top.threshold
         pending = pending[saturated]
         k = min(n_references, 2 * k)
     if stats is not None:
