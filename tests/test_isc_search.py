@@ -190,3 +190,22 @@ def test_evaluate_descriptors_finds_copies():
         gt, query, reference, training, score_norm=ScoreNormalization()
     )
     assert normalized.average_precision > 0.9
+
+
+def test_prepare_descriptors_applies_pca_then_negative_subtraction():
+    from harness.isc import NegativeEmbedding, prepare_descriptors
+
+    query = random_descriptors("Q", 10, seed=18)
+    reference = random_descriptors("R", 30, seed=19)
+    training = random_descriptors("T", 200, seed=20)
+    q, r, t = prepare_descriptors(
+        query, reference, training, pca_dim=8, negatives=NegativeEmbedding(alpha=0.5, k=4)
+    )
+    pca = PCAWhitening.fit(training, dim=8)
+    expected_t = pca.apply(training)
+    np.testing.assert_allclose(t.features, expected_t.features, atol=1e-6)
+    expected_q = subtract_negative_embedding(pca.apply(query), expected_t, alpha=0.5, k=4)
+    np.testing.assert_allclose(q.features, expected_q.features, atol=1e-6)
+    assert r.dim == 8 and np.allclose(np.linalg.norm(r.features, axis=1), 1, atol=1e-5)
+    with pytest.raises(ConfigError, match="needs training"):
+        prepare_descriptors(query, reference, None, pca_dim=4)

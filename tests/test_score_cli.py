@@ -129,12 +129,16 @@ def test_descriptor_track(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n_predictions"] == 6
     assert main([*base, "--json", "--training", str(training), "--score-norm", "isc2021"]) == 0
     assert json.loads(capsys.readouterr().out)["average_precision"] == 1.0
+    post = ["--training", str(training), "--pca-whiten", "8", "--subtract-negatives"]
+    assert main([*base, "--json", *post]) == 0
+    assert json.loads(capsys.readouterr().out)["recall_at_rank1"] == 1.0
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--score-norm", "isc2021"], "--score-norm needs --training"),
+        (["--score-norm", "isc2021"], "--score-norm need(s) --training"),
+        (["--pca-whiten", "8"], "--pca-whiten need(s) --training"),
         (["--max-dim", "8"], "dimension 16 exceeds 8"),
     ],
 )

@@ -99,6 +99,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--score-norm-n", type=int, metavar="N", help="override the neighbour count n"
     )
     descriptors.add_argument(
+        "--pca-whiten",
+        type=int,
+        metavar="DIM",
+        help="PCA-whiten to DIM dimensions (0: keep the dimension), fitted on --training, then "
+        "L2-normalize; applied first",
+    )
+    descriptors.add_argument(
+        "--subtract-negatives",
+        action="store_true",
+        help="negative-embedding subtraction (ISC 2021 winner): x <- normalize(x - alpha * mean "
+        "of its k nearest --training descriptors), queries and references",
+    )
+    descriptors.add_argument(
+        "--negatives-alpha", type=float, default=0.35, metavar="A", help="alpha (default: 0.35)"
+    )
+    descriptors.add_argument(
+        "--negatives-k", type=int, default=10, metavar="K", help="k (default: 10)"
+    )
+    descriptors.add_argument(
         "--write-predictions", metavar="P.csv", help="also write the descriptor-track predictions"
     )
     output = parser.add_argument_group("output")
@@ -182,9 +201,11 @@ def draw_pr_curve(path: str, precision, recall, title: str) -> None:
 def main(args: argparse.Namespace) -> int:
     from harness.errors import ConfigError
     from harness.isc import (
+        NegativeEmbedding,
         evaluate,
         evaluate_descriptors,
         precision_recall_curve,
+        prepare_descriptors,
         read_ground_truth,
         read_predictions,
         write_predictions,
@@ -197,9 +218,17 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to score: give --predictions, or --queries and --references")
     if descriptor_mode and (args.queries is None or args.references is None):
         raise ConfigError("the descriptor track needs both --queries and --references")
-    if args.predictions and (args.knn or args.max_results or args.training or args.score_norm):
+    if args.predictions and (
+        args.knn
+        or args.max_results
+        or args.training
+        or args.score_norm
+        or args.pca_whiten is not None
+        or args.subtract_negatives
+    ):
         raise ConfigError(
-            "--knn, --max-results, --training and --score-norm apply to descriptors only"
+            "--knn, --max-results, --training, --score-norm, --pca-whiten and "
+            "--subtract-negatives apply to descriptors only"
         )
     if args.max_dim < 1:
         raise ConfigError(f"--max-dim must be >= 1, got {args.max_dim}")
@@ -210,11 +239,34 @@ def main(args: argparse.Namespace) -> int:
         metrics = evaluate(gt, predictions, restrict_to_gt_queries=args.restrict_to_gt_queries)
     else:
         score_norm = _score_norm_options(args)
-        if score_norm is not None and args.training is None:
-            raise ConfigError("--score-norm needs --training descriptors")
+        needs_training = [
+            flag
+            for flag, used in (
+                ("--score-norm", score_norm is not None),
+                ("--pca-whiten", args.pca_whiten is not None),
+                ("--subtract-negatives", args.subtract_negatives),
+            )
+            if used
+        ]
+        if needs_training and args.training is None:
+            raise ConfigError(f"{' and '.join(needs_training)} need(s) --training descriptors")
+        if score_norm is not None and args.subtract_negatives:
+            raise ConfigError(
+                "--score-norm and --subtract-negatives are alternatives (both use the training "
+                "set's neighbours); pick one"
+            )
         queries = _read_split(args.queries, "query", args.max_dim)
         references = _read_split(args.references, "reference", args.max_dim)
         training = _read_split(args.training, "training", args.max_dim) if args.training else None
+        queries, references, training = prepare_descriptors(
+            queries,
+            references,
+            training,
+            pca_dim=args.pca_whiten,
+            negatives=NegativeEmbedding(args.negatives_alpha, args.negatives_k)
+            if args.subtract_negatives
+            else None,
+        )
         predictions, metrics = evaluate_descriptors(
             gt,
             queries,

@@ -15,11 +15,13 @@ from harness.isc.io import (
 from harness.isc.metrics import Metrics, evaluate, precision_recall_curve
 from harness.isc.pipeline_eval import evaluate_descriptors
 from harness.isc.postprocess import (
+    NegativeEmbedding,
     PCAWhitening,
     ScoreNormalization,
     l2_normalize,
     normalization_terms,
     normalized_search,
+    prepare_descriptors,
     subtract_negative_embedding,
 )
 from harness.isc.search import default_max_results, search
@@ -30,6 +32,7 @@ __all__ = [
     "Descriptors",
     "GroundTruth",
     "Metrics",
+    "NegativeEmbedding",
     "PCAWhitening",
     "Predictions",
     "ScoreNormalization",
@@ -40,6 +43,7 @@ __all__ = [
     "normalization_terms",
     "normalized_search",
     "precision_recall_curve",
+    "prepare_descriptors",
     "read_descriptors",
     "read_ground_truth",
     "read_predictions",

@@ -175,3 +175,36 @@ class PCAWhitening:
     def apply(self, descriptors: Descriptors) -> Descriptors:
         features = self.matrix.apply(np.ascontiguousarray(descriptors.features))
         return Descriptors(descriptors.ids, l2_normalize(features) if self.normalize else features)
+
+
+@dataclass(frozen=True)
+class NegativeEmbedding:
+    """Options of negative-embedding subtraction (defaults: the ISC 2021 winner's)."""
+
+    alpha: float = 0.35
+    k: int = 10
+
+
+def prepare_descriptors(
+    query: Descriptors,
+    reference: Descriptors,
+    training: Descriptors | None,
+    *,
+    pca_dim: int | None = None,
+    negatives: NegativeEmbedding | None = None,
+) -> tuple[Descriptors, Descriptors, Descriptors | None]:
+    """Apply the descriptor-side steps in a fixed order (ours): PCA whitening (fitted on the
+    training descriptors, applied to all three), then negative-embedding subtraction (queries and
+    references; the training descriptors are its bank). Score normalization comes later, in the
+    search (`normalized_search`)."""
+    if pca_dim is not None:
+        training = _check_training(training, query, "PCA whitening")
+        pca = PCAWhitening.fit(training, dim=pca_dim or None)
+        query, reference, training = pca.apply(query), pca.apply(reference), pca.apply(training)
+    if negatives is not None:
+        training = _check_training(training, query, "negative-embedding subtraction")
+        query = subtract_negative_embedding(query, training, alpha=negatives.alpha, k=negatives.k)
+        reference = subtract_negative_embedding(
+            reference, training, alpha=negatives.alpha, k=negatives.k
+        )
+    return query, reference, training
