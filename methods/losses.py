@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK_SIZE = 16384
+DEFAULT_CHUNK_SIZE = 1024  # B x chunk logits stay in L2 cache (measured: 1024 > 4096 > 16384)
+_SAFE_EXPONENT = 80.0  # exp(-80) is still a normal float32
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class _Spec:
     positive_index: (
         torch.Tensor | None
     )  # (B,) rows of the bank, or None when a separate logit is given
+    unit_keys: bool  # every key has norm <= 1 (normalized bank, or keys from the head)
     grad_in_forward: bool  # the bank side is fixed: accumulate the query's gradient in forward
     query_needs_grad: bool
 
@@ -44,13 +46,16 @@ def _keys(spec: _Spec, chunk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return F.normalize(spec.head(chunk.to(dtype)), dim=1)
 
 
-def _positive_in_chunk(spec: _Spec, start: int, end: int):
-    """Rows whose positive lies in bank[start:end] and its column inside the chunk."""
+def _positives_by_chunk(spec: _Spec, n_bank: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{chunk start: (rows whose positive lies in that chunk, its column inside the chunk)}."""
     if spec.positive_index is None:
-        return None
-    inside = (spec.positive_index >= start) & (spec.positive_index < end)
-    rows = inside.nonzero().squeeze(1)
-    return rows, spec.positive_index[rows] - start
+        return {}
+    chunk_start = spec.positive_index.div(spec.chunk_size, rounding_mode="floor") * spec.chunk_size
+    hits = {}
+    for start in torch.unique(chunk_start).tolist():
+        rows = (chunk_start == start).nonzero().squeeze(1)
+        hits[int(start)] = (rows, spec.positive_index[rows] - start)
+    return hits
 
 
 class _BankInfoNCE(torch.autograd.Function):
@@ -71,20 +76,42 @@ class _BankInfoNCE(torch.autograd.Function):
         if spec.grad_in_forward and spec.query_needs_grad:
             acc = torch.zeros(batch, query.shape[1], dtype=query.dtype, device=query.device)
             positive_keys = torch.zeros_like(acc)
+        # Unit keys bound every logit by |q_b| / T: a fixed shift then replaces the running max
+        # (no max pass, no rescaling) as long as exp(-2 |q_b| / T) cannot underflow.
+        shift = None
+        if spec.unit_keys:
+            bound = query.detach().norm(dim=1).to(stat) / spec.temperature
+            if float(bound.max()) * 2 < _SAFE_EXPONENT:
+                shift = bound
+                if extra_logit is not None:
+                    run_sum = torch.exp(extra_logit.detach().to(stat) - shift)
+                else:
+                    run_sum = torch.zeros(batch, dtype=stat, device=query.device)
+                run_max = shift
+        hits = _positives_by_chunk(spec, n_bank)
         for start in range(0, n_bank, spec.chunk_size):
             end = min(start + spec.chunk_size, n_bank)
             keys = _keys(spec, bank[start:end], query.dtype)
+            hit = hits.get(start)
+            if shift is not None:
+                probs = torch.addmm(-shift.to(query.dtype)[:, None], scaled, keys.T)
+                if hit is not None:
+                    positive[hit[0]] = probs[hit[0], hit[1]].to(stat) + shift[hit[0]]
+                    if positive_keys is not None:
+                        positive_keys[hit[0]] = keys[hit[1]]
+                probs.exp_()
+                run_sum += probs.sum(dim=1) if probs.dtype == stat else probs.sum(dim=1, dtype=stat)
+                if acc is not None:
+                    acc.addmm_(probs, keys)
+                continue
             logits = scaled @ keys.T
-            hit = _positive_in_chunk(spec, start, end)
-            if hit is not None and len(hit[0]):
+            if hit is not None:
                 positive[hit[0]] = logits[hit[0], hit[1]].to(stat)
                 if positive_keys is not None:
                     positive_keys[hit[0]] = keys[hit[1]]
             new_max = torch.maximum(run_max, logits.amax(dim=1).to(stat))
             rescale = torch.exp(run_max - new_max)
-            probs = logits.sub_(
-                new_max.to(logits.dtype)[:, None]
-            ).exp_()  # in place: no extra B x chunk
+            probs = logits.sub_(new_max.to(logits.dtype)[:, None]).exp_()  # in place
             run_sum = run_sum * rescale + probs.sum(dim=1, dtype=stat)
             if acc is not None:
                 acc.mul_(rescale.to(acc.dtype)[:, None]).addmm_(probs, keys)
@@ -127,14 +154,15 @@ class _BankInfoNCE(torch.autograd.Function):
         grad_bank = torch.zeros_like(bank) if ctx.needs_input_grad[1] else None
         grad_params = [torch.zeros_like(p) for p in head_params]
         lse_q = lse.to(query.dtype)[:, None]
+        hits = _positives_by_chunk(spec, n_bank)
         for start in range(0, n_bank, spec.chunk_size):
             end = min(start + spec.chunk_size, n_bank)
             with torch.enable_grad():
                 keys = _keys(spec, bank[start:end], query.dtype)
             with torch.no_grad():
-                probs = (scaled @ keys.T).sub_(lse_q).exp_()
-                hit = _positive_in_chunk(spec, start, end)
-                if hit is not None and len(hit[0]):
+                probs = torch.addmm(-lse_q, scaled, keys.T).exp_()
+                hit = hits.get(start)
+                if hit is not None:
                     probs[hit[0], hit[1]] -= 1
                 probs.mul_(scale)  # now dL/dlogits for this chunk
                 grad_query.addmm_(probs, keys, alpha=1 / spec.temperature)
@@ -165,6 +193,7 @@ def bank_info_nce(
     positive_key: torch.Tensor | None = None,
     head: torch.nn.Module | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    unit_keys: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of each query over a large bank, computed chunk by chunk.
 
@@ -174,7 +203,9 @@ def bank_info_nce(
     `positive_index[b]` (QK, memory bank) or a separate key `positive_key[b]` that joins the softmax
     as one extra logit (MoCo's queue, lightly's convention). The bank may be fp16/bf16; chunks are
     cast to the query's dtype. Gradients flow to `query`, to `positive_key`, to `bank` if it
-    requires grad, and to the head's trainable parameters.
+    requires grad, and to the head's trainable parameters. `unit_keys=True` promises that every
+    bank row has norm <= 1 (always true with a head, whose keys are normalized here), which lets
+    the log-sum-exp use a fixed shift instead of a running max (one pass less per chunk).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -194,6 +225,7 @@ def bank_info_nce(
         chunk_size=int(chunk_size),
         head=head,
         positive_index=positive_index,
+        unit_keys=unit_keys or head is not None,
         grad_in_forward=not bank_needs_grad,
         query_needs_grad=query.requires_grad and torch.is_grad_enabled(),
     )

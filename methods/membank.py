@@ -89,6 +89,7 @@ class MemoryBank(Method):
                 self.config.temperature,
                 positive_index=indices,
                 chunk_size=self.config.chunk_size,
+                unit_keys=True,
             )
         else:
             generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
@@ -99,6 +100,7 @@ class MemoryBank(Method):
                 self.config.temperature,
                 positive_key=slots[indices],
                 chunk_size=self.config.chunk_size,
+                unit_keys=True,
             )
         self.bank.update(
             gather_no_grad(indices), gather_no_grad(embedding), self.config.bank_momentum

@@ -86,6 +86,7 @@ class MoCo(Method):
             self.config.temperature,
             positive_key=key,
             chunk_size=self.config.chunk_size,
+            unit_keys=True,
         )
         # Enqueue after the loss: this batch's keys are negatives from the next step on.
         self.queue.enqueue(gather_no_grad(key))

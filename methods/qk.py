@@ -185,7 +185,7 @@ class QKIteration(Method):
         trained, frozen = self._sides(phase)
         embedding = trained(batch.views[0])
         head = frozen.head if self.config.train_frozen_head else None
-        common = dict(head=head, chunk_size=self.config.chunk_size)
+        common = dict(head=head, chunk_size=self.config.chunk_size, unit_keys=True)
         if len(self.cache_rows) == self.context.num_train_images:
             loss = bank_info_nce(
                 embedding,

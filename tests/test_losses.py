@@ -34,36 +34,48 @@ def grads(loss, tensors):
     return torch.autograd.grad(loss, tensors)
 
 
+@pytest.mark.parametrize("unit_keys", [False, True])
 @pytest.mark.parametrize("chunk_size", [1, 7, N, 4096])
 @pytest.mark.parametrize("temperature", [0.05, 0.5])
-def test_positive_in_bank_matches_reference_with_gradients(chunk_size, temperature):
+def test_positive_in_bank_matches_reference_with_gradients(chunk_size, temperature, unit_keys):
     query = unit(B, D, seed=0).requires_grad_()
     bank = unit(N, D, seed=1).requires_grad_()
     positive = torch.tensor([0, 49, 7, 7, 23, 8])  # a repeated positive and both ends of the bank
-    got = bank_info_nce(query, bank, temperature, positive_index=positive, chunk_size=chunk_size)
+    got = bank_info_nce(
+        query,
+        bank,
+        temperature,
+        positive_index=positive,
+        chunk_size=chunk_size,
+        unit_keys=unit_keys,
+    )
     want = reference(query, bank, temperature, positive_index=positive)
     torch.testing.assert_close(got, want)
     for a, b in zip(grads(got, [query, bank]), grads(want, [query, bank]), strict=True):
         torch.testing.assert_close(a, b)
 
 
-def test_query_only_gradient_when_the_bank_is_fixed():
+@pytest.mark.parametrize("unit_keys", [False, True])
+def test_query_only_gradient_when_the_bank_is_fixed(unit_keys):
     query = unit(B, D, seed=0).requires_grad_()
     bank = unit(N, D, seed=1)
     positive = torch.arange(B) * 3
-    got = bank_info_nce(query, bank, 0.1, positive_index=positive, chunk_size=9)
+    got = bank_info_nce(
+        query, bank, 0.1, positive_index=positive, chunk_size=9, unit_keys=unit_keys
+    )
     want = reference(query, bank, 0.1, positive_index=positive)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(grads(got, [query])[0], grads(want, [query])[0])
 
 
+@pytest.mark.parametrize("unit_keys", [False, True])
 @pytest.mark.parametrize("bank_grad", [False, True])
-def test_separate_positive_key_joins_the_softmax(bank_grad):
+def test_separate_positive_key_joins_the_softmax(bank_grad, unit_keys):
     query = unit(B, D, seed=0).requires_grad_()
     key = unit(B, D, seed=2).requires_grad_()
     bank = unit(N, D, seed=1).requires_grad_(bank_grad)
     tensors = [query, key] + ([bank] if bank_grad else [])
-    got = bank_info_nce(query, bank, 0.2, positive_key=key, chunk_size=11)
+    got = bank_info_nce(query, bank, 0.2, positive_key=key, chunk_size=11, unit_keys=unit_keys)
     want = reference(query, bank, 0.2, positive_key=key)
     torch.testing.assert_close(got, want)
     for a, b in zip(grads(got, tensors), grads(want, tensors), strict=True):
@@ -129,11 +141,15 @@ def test_low_precision_bank_is_close_to_fp32(dtype):
     torch.testing.assert_close(low, full, atol=0.05, rtol=0.02)
 
 
-def test_large_logits_do_not_overflow():
+@pytest.mark.parametrize("unit_keys", [False, True])
+def test_large_logits_do_not_overflow_or_underflow(unit_keys):
+    # At T = 1e-3 a fixed shift of |q| / T would underflow every exp: the running max must be used.
     query = unit(B, D, seed=0)
     bank = unit(N, D, seed=1)
     positive = torch.arange(B)
-    got = bank_info_nce(query, bank, 1e-3, positive_index=positive, chunk_size=7)
+    got = bank_info_nce(
+        query, bank, 1e-3, positive_index=positive, chunk_size=7, unit_keys=unit_keys
+    )
     torch.testing.assert_close(got, reference(query, bank, 1e-3, positive_index=positive))
 
 

@@ -1,0 +1,199 @@
+"""The QK step's loss over N negatives, against the machine's measured matmul rate.
+
+One training step of the trained side only (forward + backward of `methods.losses.bank_info_nce`,
+gradient to the B x d query embeddings), B = 128, d = 128, N = 10k / 100k / 1M negatives:
+
+- `keys`: the frozen side's keys are cached (N x d). Floor: 2·B·d·N FLOPs for the logits plus
+  2·B·d·N for the backward matmul (softmax @ keys), i.e. 4·B·d·N at the measured matmul rate.
+- `head`: the frozen side's trainable head (C -> C -> d MLP, C = 512 as resnet18's features) runs
+  over the N cached features inside the loss. Floor: the head's forward (2·N·(C·C + C·d)), the
+  logits, the query's and the keys' gradients (3 x 2·B·d·N) and the head's backward (2·N·C·C for
+  the first layer's weights, 4·N·C·d for the second layer's weights and input).
+
+Each row gives seconds per step, achieved GFLOP/s of that floor, % of the measured matmul peak
+(a large square matmul in the same dtype, best of 3), the peak memory beyond the inputs (CPU: the
+rise of the process's peak RSS, reset per case through /proc/self/clear_refs; GPU: the CUDA
+allocator's peak), and the naive `q @ bank.T` + cross-entropy baseline (full logits / full head
+output materialised) timed the same way. `bf16` stores the bank and computes in bfloat16 (on CPUs
+with AMX/AVX512-bf16 and on GPUs); the running log-sum-exp stays in fp32.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+DESCRIPTION = "QK loss over N negatives (B=128, d=128, N up to 1M): % of matmul peak, memory, naive"
+BATCH, DIM, FEATURES = 128, 128, 512
+FULL_SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (10_000, 100_000)
+NAIVE_HEAD_MAX = 100_000  # the naive head at 1M needs ~10 GB; skipped beyond this
+TARGET_PERCENT = 70.0
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _matmul_peak_gflops(dtype, device) -> float:
+    import torch
+
+    from harness.benchmarks import timed
+
+    size = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    timed(lambda: a @ b)  # warm-up
+    _, seconds = timed(lambda: a @ b, repeat=3)
+    return 2 * size**3 / seconds / 1e9
+
+
+class _PeakMemory:
+    """Peak memory (MB) allocated inside the block, beyond what was there at its start."""
+
+    def __init__(self, device):
+        self.device = device
+        self.mb = None
+
+    def __enter__(self):
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = _rss_kb("VmRSS")
+            try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+                with open(f"/proc/{os.getpid()}/clear_refs", "w") as handle:
+                    handle.write("5")
+            except OSError:
+                self.start = None
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+        elif self.start is not None:
+            self.mb = max(0, _rss_kb("VmHWM") - self.start) / 1024
+        return False
+
+
+def _rss_kb(field: str) -> int:
+    with open(f"/proc/{os.getpid()}/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _step(loss_fn, query):
+    loss = loss_fn(query)
+    loss.backward()
+    query.grad = None
+    return float(loss.detach())
+
+
+def _measure(loss_fn, query, device, repeat):
+    from harness.benchmarks import timed
+
+    _step(loss_fn, query)  # warm-up (allocator, kernels)
+    with _PeakMemory(device) as memory:
+        loss, seconds = timed(lambda: _step(loss_fn, query), repeat=repeat)
+    return loss, seconds, memory.mb
+
+
+def _head_flops(n: int) -> float:
+    head_forward = 2 * n * (FEATURES * FEATURES + FEATURES * DIM)
+    logits = 2 * BATCH * DIM * n
+    head_backward = 2 * n * FEATURES * FEATURES + 4 * n * FEATURES * DIM
+    return head_forward + 3 * logits + head_backward
+
+
+def run(quick: bool) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    from methods.backbone import build_head
+    from methods.losses import bank_info_nce, naive_info_nce
+
+    device = _device()
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {name: _matmul_peak_gflops(dtype, device) for name, dtype in dtypes.items()}
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    repeat = 2 if quick else 3
+    temperature = 0.1
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    cases = [(case, dtype, n) for case in ("keys", "head") for dtype in dtypes for n in sizes]
+    if quick:  # the head over 100k features takes seconds per step: one size is enough for CI
+        cases = [c for c in cases if c[0] == "keys" or c[2] == sizes[0]]
+    for case, dtype_name, n in tqdm(cases, desc="bench negatives", leave=False):
+        dtype = dtypes[dtype_name]
+        positive = torch.randint(n, (BATCH,), generator=generator).to(device)
+        query = F.normalize(torch.randn(BATCH, DIM, generator=generator), dim=1)
+        query = query.to(device=device, dtype=dtype).requires_grad_()
+        if case == "keys":
+            bank = F.normalize(torch.randn(n, DIM, generator=generator), dim=1).to(device, dtype)
+            flops = 4 * BATCH * DIM * n
+
+            def ours(q, bank=bank, positive=positive):
+                return bank_info_nce(q, bank, temperature, positive_index=positive)
+
+            def naive(q, bank=bank, positive=positive):
+                return naive_info_nce(q, bank, temperature, positive)
+
+            run_naive = True
+        else:
+            bank = torch.randn(n, FEATURES, generator=generator).to(device, dtype)
+            head = build_head(FEATURES, DIM).to(device=device, dtype=dtype)
+            flops = _head_flops(n)
+
+            def ours(q, bank=bank, head=head, positive=positive):
+                return bank_info_nce(q, bank, temperature, positive_index=positive, head=head)
+
+            def naive(q, bank=bank, head=head, positive=positive):
+                keys = F.normalize(head(bank), dim=1)
+                return naive_info_nce(q, keys, temperature, positive)
+
+            run_naive = n <= NAIVE_HEAD_MAX
+        loss, seconds, memory = _measure(ours, query, device, repeat)
+        naive_loss = naive_seconds = naive_memory = None
+        if run_naive:
+            naive_loss, naive_seconds, naive_memory = _measure(naive, query, device, 1)
+        gflops = flops / seconds / 1e9
+        tolerance = 1e-3 if dtype == torch.float32 else 3e-2  # bf16 logits: ~3 significant digits
+        rows.append(
+            {
+                "benchmark": "negatives",
+                "case": case,
+                "dtype": dtype_name,
+                "N": n,
+                "seconds_per_step": seconds,
+                "gflops": gflops,
+                "percent_of_peak": 100 * gflops / peaks[dtype_name],
+                "matmul_peak_gflops": peaks[dtype_name],
+                "peak_extra_mb": memory,
+                "naive_seconds": naive_seconds,
+                "naive_percent_of_peak": (
+                    100 * flops / naive_seconds / 1e9 / peaks[dtype_name] if naive_seconds else None
+                ),
+                "naive_peak_extra_mb": naive_memory,
+                "loss_matches_naive": (
+                    abs(loss - naive_loss) <= tolerance * max(1.0, abs(naive_loss))
+                    if naive_loss is not None
+                    else None
+                ),
+                "target": f">= {TARGET_PERCENT:g}% of peak (keys, fp32, N=1M)",
+            }
+        )
+        del bank, query
+        gc.collect()
+    return rows
