@@ -207,3 +207,13 @@ def test_metadata_must_agree_with_ground_truth(tmp_path):
     (root / "metadata.csv").write_text("query_id,edits\nQ00000,crop\n")
     with pytest.raises(InputError, match="missing column"):
         load_benchmark(root)
+
+
+def test_queries_outside_the_ground_truth_are_left_out(tmp_path):
+    # As with DISC21's phase-1 truth, which lists only the first half of the dev queries.
+    root = make_benchmark(tmp_path / "b", n_queries=7)
+    lines = (root / "ground_truth.csv").read_text().splitlines()
+    (root / "ground_truth.csv").write_text("\n".join(lines[:-3]) + "\n")  # drop Q00004-Q00006
+    bench = load_benchmark(root)
+    assert bench.queries.ids == ["Q00000", "Q00001", "Q00002", "Q00003"]
+    assert bench.unlisted_queries == 3 and bench.summary()["unlisted_queries"] == 3

@@ -72,6 +72,10 @@ class Benchmark:
     ground_truth: GroundTruth
     metadata: pd.DataFrame | None = None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    # Query images the ground truth does not list (DISC21's phase-1 public truth covers only
+    # Q00000-Q24999 of the 50k dev queries): left out of `queries`, since every prediction for
+    # them would count as a false positive.
+    unlisted_queries: int = 0
 
     def summary(self) -> dict:
         """The `benchmark` block of a result record."""
@@ -82,6 +86,7 @@ class Benchmark:
             "n_training": len(self.training),
             "n_gt": len(self.ground_truth.query),
             "skipped_images": len(self.skipped),
+            "unlisted_queries": self.unlisted_queries,
         }
 
 
@@ -212,7 +217,8 @@ def load_benchmark(
     Checks: every split present and non-empty, no duplicate ids, no zero-byte or undecodable file
     (header check; `check_images=False` skips it for huge sets, and the datasets then report bad
     files when they read them), every id of the ground truth has an image, and the metadata (if any)
-    agrees with the ground truth. With `skip_bad_images`, bad files are left out and listed in
+    agrees with the ground truth. Query images the ground truth does not list are left out (counted
+    in `unlisted_queries`). With `skip_bad_images`, bad files are left out and listed in
     `skipped`; ground-truth rows whose image was skipped are dropped with them.
     """
     from harness.isc.io import read_ground_truth
@@ -239,14 +245,21 @@ def load_benchmark(
     if (root / METADATA_FILE).is_file():
         metadata = read_metadata(root / METADATA_FILE)
         _check_metadata(metadata, root / METADATA_FILE, gt, gt_path)
+    queries = sets["queries"]
+    listed = set(gt.queries.tolist())
+    keep = [i for i, query in enumerate(queries.ids) if query in listed]
+    unlisted = len(queries) - len(keep)
+    if unlisted:
+        queries = ImageSet([queries.ids[i] for i in keep], [queries.paths[i] for i in keep])
     return Benchmark(
         root=root,
         references=sets["references"],
-        queries=sets["queries"],
+        queries=queries,
         training=sets["training"],
         ground_truth=gt,
         metadata=metadata,
         skipped=skipped,
+        unlisted_queries=unlisted,
     )
 
 
