@@ -1,6 +1,6 @@
 """The ISC 2021 metrics (micro AP, recall at precision 90, recall at rank 1/10), vectorized.
 
-Definitions follow facebookresearch/isc2021 `isc/metrics.py` (see /work/shared/README.md §1):
+Definitions follow facebookresearch/isc2021 `isc/metrics.py` (see docs/evaluation.md):
 all predictions form one global list sorted by score, descending; among equal scores negatives
 come before positives (pessimistic, so a constant score cannot game the metric); there is no
 interpolation. Predictions for queries absent from the ground truth count as false positives,
@@ -24,7 +24,6 @@ from harness.isc.codes import first_repeated_pair, id_keys, lookup
 from harness.isc.types import GroundTruth, Predictions
 
 REQUIRED_PRECISION = 0.9
-NOT_FOUND = np.iinfo(np.int64).max
 
 
 @dataclass

@@ -8,7 +8,7 @@ search that starts unbounded:
 1. search every query batch for its `k` nearest references and keep a running top-K of all
    candidate pairs (pruned by the running K-th score, so memory stays O(K + batch x k));
 2. once all queries are in, the K-th best score is the cap threshold. A query whose k-th
-   neighbour still scores at or above it may have more pairs within the cap: search those
+   neighbour still scores above it may have more pairs within the cap: search those
    queries again with 2k, and repeat until none is saturated.
 
 The result is exactly the top-K pairs (ties at the K-th score are cut arbitrarily, as in isc2021).
