@@ -584,10 +584,11 @@ class Trainer:
                 if step % self.cfg.log_every == 0 or not self._budget_left():
                     self.log.append(
                         {
+                            # Method logs first: the trainer's loss (mean over ranks) wins.
+                            **{k: float(v) for k, v in logs.items()},
                             "step": step,
                             "loss": loss_value,
                             "lr": lr,
-                            **{k: float(v) for k, v in logs.items()},
                             "images_per_s": self.cfg.batch_size / max(elapsed, 1e-9),
                         }
                     )
