@@ -236,3 +236,22 @@ def test_trivial_descriptor_neither_fails_nor_solves_the_default_benchmark(tmp_p
         bench.ground_truth, search(describe(bench.queries), describe(bench.references))
     )
     assert 0.15 < metrics.average_precision < 0.75, metrics.average_precision
+
+
+def _ensure_in_subprocess(cache_dir: str) -> str:
+    small = SynthParams(references=30, training=10, queries=20, size=24)
+    return str(ensure_synthetic(small, cache_dir=cache_dir, progress=False, workers=1))
+
+
+@pytest.mark.slow
+def test_concurrent_runs_share_one_cached_benchmark(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        paths = pool.map(_ensure_in_subprocess, [str(tmp_path)] * 2)
+    assert paths[0] == paths[1]
+    synthetic = tmp_path / "synthetic"
+    assert [p.name for p in synthetic.iterdir() if not p.name.endswith(".lock")] == [
+        Path(paths[0]).name
+    ]
+    assert load_benchmark(paths[0]).ground_truth.n_gt == 10

@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -319,13 +320,28 @@ def ensure_synthetic(
     path = synthetic_path(params, cache_dir)
     if path.is_dir():
         return path
-    try:
-        synthesize(path, params, progress=progress, workers=workers)
-    except (FileExistsError, InputError):
-        # Another process finished the same benchmark first: theirs is identical, use it.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Runs started together (a sweep) would all generate the same benchmark: the first takes the
+    # lock and generates, the others wait for it and then find the folder complete.
+    with _exclusive_lock(path.with_name(f".{path.name}.lock")):
         if not path.is_dir():
-            raise
+            synthesize(path, params, progress=progress, workers=workers)
     return path
+
+
+@contextmanager
+def _exclusive_lock(lock_path: Path):
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock, the atomic rename still protects
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_data(spec: str, *, synth_params: SynthParams | None = None) -> Path:
