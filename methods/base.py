@@ -59,8 +59,10 @@ class TrainBatch:
 class TrainContext:
     """Services the trainer offers to methods at hook time."""
 
-    # Runs `fn` on every training image (batched, no grad, eval-mode transform for "clean", the
-    # training preset's first view for "augmented"), returns the outputs stacked in index order.
+    # encode_training_set(fn, view="clean"|"augmented", *, batch_size=None, seed_key=0) runs `fn`
+    # on every training image (batched, no grad, eval-mode transform for "clean", the training
+    # preset's first view for "augmented", seeded by `seed_key`), returns the outputs stacked in
+    # index order. `fn` sets its own modules' train/eval mode.
     encode_training_set: Callable[..., torch.Tensor]
     total_steps: int
     progress: bool = True
@@ -90,8 +92,11 @@ class Method(nn.Module):
         """L2-normalized float32 descriptors (B, embedding_dim) for `role` images."""
         raise NotImplementedError
 
-    def negatives_per_step(self) -> int:
-        """Number of negatives each training sample is contrasted against (for the record)."""
+    def negatives_per_step(self, batch_size: int | None = None) -> int:
+        """Number of negatives each training sample is contrasted against (for the record).
+
+        `batch_size` is the global batch size, for methods whose negatives come from the batch;
+        without it they use the last batch they saw."""
         raise NotImplementedError
 
     def trains(self) -> bool:
