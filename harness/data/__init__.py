@@ -1,34 +1,43 @@
-"""Benchmark data: the DISC21-style layout reader, torch datasets, the generated mini-DISC."""
+"""Benchmark data: the DISC21-style layout reader, torch datasets, the generated mini-DISC.
 
-from harness.data.datasets import ImageDataset, TrainingDataset, open_rgb
-from harness.data.edits import EDIT_FAMILIES, EditSettings, apply_edit, random_edits
-from harness.data.layout import Benchmark, ImageSet, load_benchmark
-from harness.data.synth import (
-    GENERATOR_VERSION,
-    SynthParams,
-    default_cache_dir,
-    ensure_synthetic,
-    resolve_data,
-    synthesize,
-    synthetic_path,
-)
+Names are imported on first use (PEP 562), so `import harness.data.edits` or the CLI's `--help`
+does not pull in torch.
+"""
 
-__all__ = [
-    "EDIT_FAMILIES",
-    "GENERATOR_VERSION",
-    "Benchmark",
-    "EditSettings",
-    "ImageDataset",
-    "ImageSet",
-    "SynthParams",
-    "TrainingDataset",
-    "apply_edit",
-    "default_cache_dir",
-    "ensure_synthetic",
-    "load_benchmark",
-    "open_rgb",
-    "random_edits",
-    "resolve_data",
-    "synthesize",
-    "synthetic_path",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ImageDataset": "datasets",
+    "TrainingDataset": "datasets",
+    "open_rgb": "datasets",
+    "EDIT_FAMILIES": "edits",
+    "EditSettings": "edits",
+    "apply_edit": "edits",
+    "random_edits": "edits",
+    "Benchmark": "layout",
+    "ImageSet": "layout",
+    "load_benchmark": "layout",
+    "GENERATOR_VERSION": "synth",
+    "SynthParams": "synth",
+    "default_cache_dir": "synth",
+    "ensure_synthetic": "synth",
+    "resolve_data": "synth",
+    "synthesize": "synth",
+    "synthetic_path": "synth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
