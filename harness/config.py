@@ -70,7 +70,7 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 10  # linear warm-up from lr/warmup_steps, then the schedule
     budget_kind: Literal["steps", "images", "seconds"] = "steps"
-    budget_value: float = 150  # steps, training images seen (views not counted), or seconds
+    budget_value: float = 150.0  # steps, training images seen (views not counted), or seconds
     n_views: int = 2  # augmented views per training image
     checkpoint_every: int = 50  # steps; a checkpoint is also written at the end of training
     log_every: int = 1  # steps between lines of train_log.jsonl
@@ -200,7 +200,13 @@ def _build_dataclass(cls: type, values: dict[str, Any], where: str):
         )
     kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in values.items()}
     try:
-        return cls(**kwargs)
+        instance = cls(**kwargs)
+        # Defaults go through the same coercion, so `150` and `150.0` hash to the same run id.
+        normalized = {
+            name: _coerce(getattr(instance, name), tp, f"{where}.{name}")
+            for name, tp in types_.items()
+        }
+        return dataclasses.replace(instance, **normalized)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from harness.config import (
+    METHOD_CONFIG_DIR,
     RunConfig,
     config_from_dict,
     config_to_dict,
@@ -155,3 +156,15 @@ def test_prepare_run_dir_writes_config_resumes_and_refuses_finished_runs(tmp_pat
     assert prepare_run_dir(cfg, tmp_path, overwrite=True) == run_dir
     assert not (run_dir / "record.json").exists() and not (run_dir / "checkpoints").exists()
     assert load_run_config(run_dir) == cfg
+
+
+def test_shipped_method_files_hold_only_their_method_section_and_share_the_protocol():
+    protocol = None
+    for name in list_methods():
+        path = METHOD_CONFIG_DIR / f"{name}.yaml"
+        assert path.is_file(), f"configs/methods/{name}.yaml is missing"
+        assert set(yaml.safe_load(path.read_text()) or {}) <= {name}, path
+        d = config_to_dict(resolve_config(name))
+        shared = {k: d[k] for k in ("data", "model", "augment", "train", "eval", "seed")}
+        protocol = protocol or shared
+        assert shared == protocol, f"{name} runs under another protocol"
