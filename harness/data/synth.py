@@ -344,10 +344,12 @@ def _exclusive_lock(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def resolve_data(spec: str, *, synth_params: SynthParams | None = None) -> Path:
+def resolve_data(
+    spec: str, *, synth_params: SynthParams | None = None, progress: bool = True
+) -> Path:
     """`--data synthetic` (the generated mini-DISC, cached) or `--data PATH` (a benchmark folder)."""
     if spec == "synthetic":
-        return ensure_synthetic(synth_params)
+        return ensure_synthetic(synth_params, progress=progress)
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise InputError(
