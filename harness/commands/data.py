@@ -29,39 +29,77 @@ list_files/dev_ground_truth.csv.
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from harness.data.edits import EDIT_FAMILIES
+    from harness.data.synth import SynthParams
+
+    defaults = SynthParams()  # one source of truth for the generator's defaults
 
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     synth = sub.add_parser(
         "synth",
         help="generate a mini-DISC benchmark",
         description="Generate a mini-DISC benchmark deterministically from --seed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    synth.add_argument("--out", type=Path, default=None, help="output folder (default: the cache)")
-    synth.add_argument("--references", type=int, default=2000, help="reference images")
-    synth.add_argument("--training", type=int, default=5000, help="training images")
-    synth.add_argument("--queries", type=int, default=1000, help="query images")
+    synth.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the cache `run --data synthetic` uses)",
+    )
+    synth.add_argument(
+        "--references",
+        type=int,
+        default=defaults.references,
+        help="reference images (default: %(default)s)",
+    )
+    synth.add_argument(
+        "--training",
+        type=int,
+        default=defaults.training,
+        help="training images (default: %(default)s)",
+    )
+    synth.add_argument(
+        "--queries", type=int, default=defaults.queries, help="query images (default: %(default)s)"
+    )
     synth.add_argument(
         "--distractor-fraction",
         type=float,
-        default=0.5,
-        help="fraction of queries with no match (DISC21 dev: 0.8; ours by default: 0.5)",
+        default=defaults.distractor_fraction,
+        help="fraction of queries with no match (default: %(default)s, ours; DISC21 dev: 0.8)",
     )
-    synth.add_argument("--size", type=int, default=96, help="image side in pixels")
-    synth.add_argument("--seed", type=int, default=0, help="seed; fixes every file")
+    synth.add_argument(
+        "--size",
+        type=int,
+        default=defaults.size,
+        help="image side in pixels (default: %(default)s)",
+    )
+    synth.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed; fixes every file (default: %(default)s)",
+    )
     synth.add_argument(
         "--edit-strength",
         type=float,
-        default=1.0,
-        help="how hard copy edits are (0 mild, >1 harder)",
+        default=defaults.edit_strength,
+        help="how hard copy edits are: 0 mild, 1 default, >1 harder",
     )
-    synth.add_argument("--min-edits", type=int, default=1, help="fewest edit families per query")
-    synth.add_argument("--max-edits", type=int, default=3, help="most edit families per query")
+    synth.add_argument(
+        "--min-edits",
+        type=int,
+        default=defaults.min_edits,
+        help="fewest edit families per query (default: %(default)s)",
+    )
+    synth.add_argument(
+        "--max-edits",
+        type=int,
+        default=defaults.max_edits,
+        help="most edit families per query (default: %(default)s)",
+    )
     synth.add_argument(
         "--edit-families",
-        default=",".join(EDIT_FAMILIES),
-        help="comma-separated edit families to draw from",
+        default=",".join(defaults.edit_families),
+        help="comma-separated edit families to draw from (default: all: %(default)s)",
     )
     synth.add_argument(
         "--workers", type=int, default=None, help="processes (default: all available cores)"
