@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     descriptors.add_argument(
         "--training",
         metavar="T.h5",
-        help="training-set descriptors, needed by --score-norm",
+        help="training-set descriptors, needed by --score-norm, --pca-whiten and "
+        "--subtract-negatives",
     )
     descriptors.add_argument(
         "--score-norm",
