@@ -242,16 +242,29 @@ def make_executor(
     raise ConfigError(f"unknown launcher {launcher!r}; choose one of {', '.join(LAUNCHERS)}")
 
 
-def _export_distributed_env() -> None:
-    """In a multi-task submitit job, export MASTER_ADDR/RANK/WORLD_SIZE/LOCAL_RANK for torch."""
+def _init_distributed() -> bool:
+    """In a multi-task submitit job (one task per GPU), set up torch.distributed for the run.
+
+    submitit's TorchDistributedEnvironment exports MASTER_ADDR/PORT, RANK, WORLD_SIZE and
+    LOCAL_RANK (and narrows CUDA_VISIBLE_DEVICES to the task's GPU); the trainer then reads rank
+    and world size from the initialized process group. Returns whether a group was created here.
+    """
     import submitit
 
     try:
         env = submitit.JobEnvironment()
     except RuntimeError:  # not inside a submitit job
-        return
-    if env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
+        return False
+    if env.num_tasks <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
+    if dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return True
 
 
 _FORK_HOOK_INSTALLED = False
@@ -294,9 +307,15 @@ class RunJob:
 
     def __call__(self, run_dir: str) -> Any:
         _reset_signals_in_forked_children()
-        _export_distributed_env()
+        created_group = _init_distributed()
         target = self.target or _default_target
-        return target(Path(run_dir))
+        try:
+            return target(Path(run_dir))
+        finally:
+            if created_group:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
 
     def checkpoint(self, run_dir: str):
         # The state is already on disk (the trainer's last atomic checkpoint); requeue a fresh

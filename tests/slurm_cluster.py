@@ -43,6 +43,11 @@ def counting_run(run_dir: Path) -> dict:
         log.write(
             f"{os.environ.get('SLURM_JOB_ID', 'local')} restart={os.environ.get('SLURM_RESTART_COUNT', 0)}\n"
         )
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # multi-task jobs: say which rank of how many ran
+        with open(run_dir / "ranks", "a") as ranks:
+            ranks.write(f"{dist.get_rank()}/{dist.get_world_size()}\n")
     if record_path.is_file():
         return json.loads(record_path.read_text())
     if (run_dir / "FAIL").exists():

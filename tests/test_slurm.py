@@ -62,7 +62,12 @@ def test_single_run_through_slurm(tmp_path, profile):
     assert launch["launcher"] == "slurm" and launch["job_id"] == job.job_id
     # submitit's logs live in the run directory, next to what they describe.
     assert list((run_dir / "slurm").glob(f"{job.job_id}/*_log.out"))
-    assert slurm_states([job.job_id]) == {job.job_id: "completed"}
+    # The result pickle comes first; sacct follows within seconds.
+    wait_until(
+        lambda: slurm_states([job.job_id]) == {job.job_id: "completed"},
+        timeout_s=60,
+        what="sacct to report COMPLETED",
+    )
 
 
 def test_gpu_request_is_scheduled_on_fake_gpus(tmp_path, slurm_cluster):  # noqa: F811
@@ -71,8 +76,11 @@ def test_gpu_request_is_scheduled_on_fake_gpus(tmp_path, slurm_cluster):  # noqa
     job = launch_run_dir(run_dir, "slurm", profile=profile, target=counting_run)
     wait_jobs([job], timeout_s=JOB_TIMEOUT_S)
     assert job.results()[0]["status"] == "complete"
-    # One task per GPU: both tasks ran the job; rank 0's result is the job's.
+    # One task per GPU: both tasks ran the job in one torch.distributed group; rank 0's result
+    # is the job's.
     assert (run_dir / "attempts.log").read_text().count("\n") == 2
+    ranks = sorted((run_dir / "ranks").read_text().split())
+    assert ranks == ["0/2", "1/2"]
     sbatch = next((run_dir / "slurm").glob(f"{job.job_id}/*_submission.sh")).read_text()
     assert "--gpus-per-node=2" in sbatch and "--ntasks-per-node=2" in sbatch
 
@@ -317,9 +325,14 @@ def test_requeue_mid_training_resumes_real_run(tmp_path, slurm_cluster):  # noqa
         lambda: "SIGUSR2" in _log(tmp_path, job), timeout_s=60, what="the signal to reach the job"
     )
     wait_jobs(jobs, timeout_s=2 * RUN_TIMEOUT_S)
+    log = _log(tmp_path, job)
+    states = slurm_states([j.job_id for j in jobs])
+    assert (plain / "record.json").is_file() and (interrupted / "record.json").is_file(), (
+        f"sacct: {states}\nlog of {job.job_id}:\n{log[-3000:]}\nlog of {jobs[0].job_id}:\n"
+        f"{_log(tmp_path, jobs[0])[-3000:]}"
+    )
     a = json.loads((plain / "record.json").read_text())
     b = json.loads((interrupted / "record.json").read_text())
-    log = _log(tmp_path, job)
     print(
         f"\nrequeued job {job.job_id}: {[ln for ln in log.splitlines() if 'SIGUSR2' in ln or 'REQUEUE' in ln]}"
     )
