@@ -6,22 +6,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from harness.data.layout import ImageSet
+from harness.data.layout import SKIP_HINT, ImageSet
 from harness.errors import InputError
+
+# Integer modes PNG uses for 16-bit grayscale; PIL's convert("RGB") clips them at 255 (a white
+# image), so they are rescaled to 8 bits first.
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _WIDE_GRAY_MODES:
+        # The 16-bit range is what these modes hold in PNG files (mode "I" included).
+        wide = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray((np.clip(wide, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    # Alpha is dropped (not composited): copy edits keep the RGB under transparent pixels.
+    return image.convert("RGB")
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Decode `path` fully as RGB; a bad file is an InputError naming it."""
+    """Decode `path` fully as 8-bit RGB; a bad file is an InputError naming it."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return _to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(
-            f"{path}: does not decode ({type(err).__name__}: {err}); "
-            "remove it or load the benchmark with --skip-bad-images"
+            f"{path}: does not decode ({type(err).__name__}: {err}); remove it, or {SKIP_HINT}"
         ) from err
 
 

@@ -45,6 +45,11 @@ GROUND_TRUTH_FILES = (
     "list_files/public_ground_truth.csv",
 )
 METADATA_FILE = "metadata.csv"
+# Each command that reads a benchmark has its own spelling of the same switch.
+SKIP_HINT = (
+    "to skip bad files, pass --skip-bad-images (data check) or --set data.skip_bad_images=true "
+    "(run, sweep)"
+)
 METADATA_COLUMNS = ("query_id", "reference_id", "source_id", "edits")
 
 
@@ -180,7 +185,7 @@ def _load_split(
     if bad and not skip_bad_images:
         path, reason = bad[0]
         more = f" (and {len(bad) - 1} more bad files)" if len(bad) > 1 else ""
-        raise InputError(f"{path}: {reason}{more}; pass --skip-bad-images to skip them")
+        raise InputError(f"{path}: {reason}{more}; {SKIP_HINT}")
     if not ids:
         raise InputError(f"{directory}: no images (.jpg/.jpeg/.png) in the {split} folder")
     return ImageSet(ids=ids, paths=paths), bad
