@@ -180,7 +180,7 @@ def plot_pr_curves(
             color=style["color"],
             linestyle=style["linestyle"],
             marker=style["marker"],
-            markevery=max(len(recall) // 8, 1),
+            markevery=0.12,  # evenly spaced along the drawn line, not by point index
             markersize=3.5,
             markerfacecolor="white",
             linewidth=1,
@@ -190,7 +190,7 @@ def plot_pr_curves(
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.legend(loc="lower left", frameon=True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     return fig
 
 
@@ -273,23 +273,31 @@ def plot_equal_compute(summary: pd.DataFrame) -> plt.Figure | None:
         plot_metric_against(summary, x, xlabel=label, connect=False, ax=ax)
         if ax is not axes[0][0]:
             ax.set_ylabel("")
-            legend = ax.get_legend()
-            if legend is not None:
-                legend.remove()
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
         ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
+    # One legend under both panels, off the data.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False
+    )
     return fig
 
 
 def plot_edit_heatmap(edit_summary: pd.DataFrame) -> plt.Figure | None:
-    """Groups × edit families, mean µAP printed in each cell on a grey scale."""
+    """Groups × edit families (transposed when there are more families than groups), mean µAP
+    printed in each cell on a grey scale."""
     if edit_summary.empty:
         return None
     _style()
     order = list(dict.fromkeys(edit_summary["group"]))
     matrix = edit_summary.pivot(index="group", columns="family", values="map_mean").reindex(order)
-    width = max(COLUMN_WIDTH_IN, 0.9 + 0.42 * matrix.shape[1])
-    fig, ax = plt.subplots(figsize=(width, 0.8 + 0.26 * matrix.shape[0]))
+    if matrix.shape[1] > matrix.shape[0]:
+        matrix = matrix.T  # the longer side runs down the page, so the figure fits a column
+    width = max(COLUMN_WIDTH_IN, 1.6 + 0.34 * matrix.shape[1])
+    fig, ax = plt.subplots(figsize=(width, 0.9 + 0.24 * matrix.shape[0]))
     sns.heatmap(
         matrix,
         ax=ax,
@@ -303,8 +311,8 @@ def plot_edit_heatmap(edit_summary: pd.DataFrame) -> plt.Figure | None:
         linecolor="white",
         cbar_kws={"label": "µAP", "shrink": 0.8},
     )
-    ax.set_xlabel("edit family")
-    ax.set_ylabel("")
+    ax.set_xlabel("edit family" if matrix.columns.name == "family" else "")
+    ax.set_ylabel("edit family" if matrix.index.name == "family" else "")
     ax.tick_params(axis="x", labelrotation=45)
     plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     return fig

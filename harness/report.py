@@ -886,7 +886,7 @@ def paper_summary(
     main_runs = runs[main]
     main_summary = summary[summary["group"].isin(set(main_runs["group"]))]
     lines = [
-        f"# Paper comparison: `{sweep_name}`\n",
+        f"# Method comparison: `{sweep_name}`\n",
         f"{len(runs)} complete runs from `{sweep_dir}`"
         + (f" ({len(skipped)} skipped, listed in report.md)" if skipped else "")
         + f". Benchmark: `{', '.join(sorted({str(p) for p in runs['benchmark_path']}))}`.\n",
