@@ -116,3 +116,16 @@ def test_membank_draws_the_same_negatives_for_the_same_step():
     second = build("membank", MemoryBankConfig(num_negatives=5)).eval()
     batch = make_batch(images(24), 0)
     assert torch.equal(first.training_step(batch, 3)[0], second.training_step(batch, 3)[0])
+
+
+def test_moco_queue_smaller_than_a_batch_keeps_the_newest_keys():
+    from methods.moco import KeyQueue
+
+    queue = KeyQueue(size=3, dim=4)
+    keys = F.normalize(torch.randn(5, 4), dim=1)
+    queue.enqueue(keys)
+    # FIFO of capacity 3 after 5 pushes: the last 3, and the next write replaces the oldest of them
+    assert torch.equal(queue.keys, keys[2:])
+    assert int(queue.pointer) == 0
+    queue.enqueue(keys[:1])
+    assert torch.equal(queue.keys, torch.cat([keys[:1], keys[3:]]))

@@ -22,6 +22,7 @@ from harness.errors import ConfigError
 from methods import create_method, get_method, list_methods
 from methods.membank import MemoryBankConfig
 from methods.moco import MoCoConfig
+from methods.none import NoneConfig
 from methods.qk import QKConfig
 from methods.simclr import SimCLRConfig
 
@@ -149,6 +150,7 @@ def test_checkpoint_round_trip_resumes_bit_for_bit(name):
         ("qk", QKConfig(cache_view="edited"), "qk.cache_view"),
         ("qk", QKConfig(describe_mode="both"), "qk.describe_mode"),
         ("qk", QKConfig(chunk_size=0), "qk.chunk_size"),
+        ("none", NoneConfig(projection="pca"), "none.projection"),
     ],
 )
 def test_invalid_config_is_a_config_error_naming_the_key(name, config, key):
