@@ -406,4 +406,9 @@ def submit_sweep_runs(
         jobs.extend(chunk_jobs)
         if launcher == "local" and wait_local:
             wait_jobs(chunk_jobs, timeout_s=profile.time_min * 60 * (profile.max_requeues + 1) + 60)
+    if launcher == "debug":
+        # submitit's debug jobs run when their result is asked for: one by one, here, with pdb
+        # on an error (that is what the debug launcher is for).
+        for job in jobs:
+            job.result()
     return jobs

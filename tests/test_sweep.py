@@ -218,3 +218,24 @@ def test_local_sweep_status_and_resubmit(tmp_path):
     )
     assert status.returncode == 0
     assert [s["state"] for s in json.loads(status.stdout)] == ["done"] * 3
+
+
+def test_debug_sweep_runs_in_this_process(tmp_path):
+    spec = load_sweep_spec(
+        _write(
+            tmp_path,
+            {"name": "dbg", "base": TINY_BASE, "grid": {"method": ["simclr"], "seed": [0, 1]}},
+        )
+    )
+    manifest = prepare_sweep(spec, tmp_path / "sweep")
+    run_ids = [r["run_id"] for r in manifest["runs"]]
+    submit_sweep_runs(
+        tmp_path / "sweep",
+        run_ids,
+        launcher="debug",
+        profile=load_profile(None),
+        target=counting_run,
+    )
+    states = run_states(tmp_path / "sweep")
+    assert [s.state for s in states] == ["done", "done"]
+    assert all(s.job_id.startswith("DEBUG_") for s in states)
