@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import types
 import typing
@@ -308,6 +309,11 @@ def resolve_config(
             f"{config_path}: the file is for method {tree['method']!r}, but --method is {method!r}"
         )
     tree["method"] = method
+    if config_path is not None:
+        try:  # the built-in layers are valid, so an error here is the file's: name it
+            config_from_dict(tree)
+        except ConfigError as err:
+            raise ConfigError(f"{config_path}: {err}") from None
     for text in overrides:
         path, value = parse_override(text)
         _apply_override(tree, path, value, method)
@@ -357,8 +363,17 @@ def _is_registered(name: str) -> bool:
     return name in list_methods()
 
 
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject values no run can use; each message names the key."""
+    if cfg.run_id is not None and not RUN_ID_PATTERN.fullmatch(cfg.run_id):
+        # The run id names a directory under --out: it must not reach outside it ("../x", "/x").
+        raise ConfigError(
+            f"run_id {cfg.run_id!r} is not a plain directory name (letters, digits, _ . = + -, "
+            "not starting with '.'); it must stay inside --out"
+        )
     t = cfg.train
     if t.budget_value <= 0:
         raise ConfigError(
@@ -466,6 +481,22 @@ def run_is_finished(run_dir: str | Path) -> bool:
         return False
 
 
+def _incompatible_record(run_dir: Path) -> str | None:
+    """Why the run's record.json is from another schema version, or None."""
+    from harness.record import SCHEMA_VERSION
+
+    try:
+        record = json.loads((run_dir / RECORD_FILENAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "schema_version" not in record:
+        return None
+    version = record["schema_version"]
+    if version == SCHEMA_VERSION:
+        return None
+    return f"schema_version {version!r}, this version reads {SCHEMA_VERSION}"
+
+
 def prepare_run_dir(cfg: RunConfig, out_root: str | Path, *, overwrite: bool = False) -> Path:
     """Create (or reuse, to resume) `out_root/<run_id>` and write its resolved `config.yaml`.
 
@@ -479,6 +510,12 @@ def prepare_run_dir(cfg: RunConfig, out_root: str | Path, *, overwrite: bool = F
         trash = run_dir.with_name(f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}")
         run_dir.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
+    elif (incompatible := _incompatible_record(run_dir)) is not None:
+        raise ConfigError(
+            f"{run_dir / RECORD_FILENAME}: {incompatible}; the results directory was written by an "
+            "incompatible version of isc-bench. Choose another --out, or pass --overwrite to "
+            "discard that run"
+        )
     elif run_is_finished(run_dir):
         raise ConfigError(
             f"{run_dir} already holds a finished run (record.json); pass --overwrite to run it "
