@@ -427,12 +427,22 @@ def job_failure(folder: str | os.PathLike, job_id: str, *, lines: int = 8) -> st
     return None
 
 
+def _job_finished(job: Any) -> bool:
+    if not job.done():
+        return False
+    if job.paths.result_pickle.exists() or type(job).__name__ != "SlurmJob":
+        return True
+    # Ended without a result (cancelled, killed, or caught between a requeue and its restart):
+    # ask sacct afresh, as submitit's watcher stops polling a job it once saw as finished.
+    return slurm_states([job.job_id]).get(job.job_id) not in ("pending", "running")
+
+
 def wait_jobs(jobs: Sequence[Any], *, timeout_s: float, poll_s: float = 2.0) -> None:
     """Wait until every submitit job is done, bounded: raise HarnessError on timeout."""
     deadline = time.monotonic() + timeout_s
     pending = list(jobs)
     while pending:
-        pending = [job for job in pending if not job.done()]
+        pending = [job for job in pending if not _job_finished(job)]
         if not pending:
             return
         if time.monotonic() > deadline:
