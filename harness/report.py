@@ -309,13 +309,20 @@ def check_group_by(runs: pd.DataFrame, group_by: Sequence[str]) -> list[str]:
 
 
 def group_label(values: dict[str, object]) -> str:
-    """Readable name of a group from its grouping values: "qk", "qk (num_negatives=256)"."""
+    """Readable name of a group from its grouping values: "qk", "qk (num_negatives=256)".
+
+    A missing value is left out, except in the method's own section, where it is a null setting
+    (`qk.num_negatives=null`); other methods' sections are simply absent from a run's config."""
     method = values.get("method")
-    rest = [
-        _format_value(v) if k == "setting" else f"{k}={_format_value(v)}"
-        for k, v in values.items()
-        if k != "method" and not (k == "setting" and v == "default") and not _is_missing(v)
-    ]
+    rest = []
+    for key, value in values.items():
+        if key == "method" or (key == "setting" and value == "default"):
+            continue
+        if _is_missing(value):
+            if method is not None and key.startswith(f"{method}."):
+                rest.append(f"{key}=null")
+            continue
+        rest.append(_format_value(value) if key == "setting" else f"{key}={_format_value(value)}")
     if method is None:
         return ", ".join(rest) or "all"
     return f"{method} ({', '.join(rest)})" if rest else str(method)

@@ -211,7 +211,17 @@ def test_group_by_any_config_key_and_unknown_key_is_named(fabricated):
     pooled = report.summarize(runs, ["method"])
     assert dict(zip(pooled["method"], pooled["n_seeds"], strict=True))["qk"] == 6
     by_key = report.summarize(runs, ["method", "qk.num_negatives"])
-    assert len(by_key) == 4
+    assert sorted(by_key["group"]) == [
+        "moco",
+        "qk (qk.num_negatives=256)",
+        "qk (qk.num_negatives=64)",
+        "simclr",
+    ]
+    assert (
+        report.group_label({"method": "qk", "qk.num_negatives": None})
+        == "qk (qk.num_negatives=null)"
+    )
+    assert report.group_label({"method": "moco", "qk.num_negatives": math.nan}) == "moco"
     with pytest.raises(ConfigError, match="qk.num_negative"):
         report.summarize(runs, ["method", "qk.num_negative"])
 
