@@ -135,6 +135,9 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp, key: str) -> Any:
     """Return `value` checked against (and minimally converted to) the annotation `tp`."""
     origin = typing.get_origin(tp)
@@ -163,6 +166,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `1e-3` (no dot, unsigned exponent) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
