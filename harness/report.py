@@ -400,17 +400,13 @@ def main_table(summary: pd.DataFrame, *, pm: str = " ± ") -> pd.DataFrame:
 
 
 def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
-    """The benchmark's metadata.csv (query_id, reference_id, source_id, edits) with `edits` as lists."""
-    path = Path(path)
+    """The benchmark's metadata.csv, checked by the layout reader, with `edits` split into lists."""
+    from harness.data.layout import read_metadata as read_metadata_csv
+
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        frame = read_metadata_csv(Path(path))
+    except OSError as err:
         raise InputError(f"{path}: cannot read metadata: {err}") from err
-    for column in ("query_id", "edits"):
-        if column not in frame.columns:
-            raise InputError(
-                f"{path}: metadata has no {column!r} column (has {list(frame.columns)})"
-            )
     frame["edits"] = [[e.strip() for e in text.split("|") if e.strip()] for text in frame["edits"]]
     return frame
 
@@ -476,46 +472,60 @@ def resolve_benchmark(path: str | None, run_dir: str) -> Path | None:
     if not path:
         return None
     candidates = [Path(path)] if Path(path).is_absolute() else [Path(path), Path(run_dir) / path]
-    return next((c for c in candidates if (c / "ground_truth.csv").is_file()), None)
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+def _edit_truth(benchmark: Path) -> tuple[object, pd.DataFrame] | str:
+    """(ground truth, metadata) of a benchmark, or why the per-edit table cannot use it."""
+    from harness.data.layout import METADATA_FILE, find_ground_truth
+    from harness.isc import read_ground_truth
+
+    if not (benchmark / METADATA_FILE).is_file():
+        return f"per-edit table: {benchmark} has no {METADATA_FILE}"
+    try:
+        return read_ground_truth(find_ground_truth(benchmark)), read_metadata(
+            benchmark / METADATA_FILE
+        )
+    except InputError as err:
+        return f"per-edit table: {err}"
 
 
 def per_edit_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[SkippedRun]]:
     """Long table (run_id, family, map, n_gt) over all runs whose benchmark has a metadata.csv.
 
-    Runs whose benchmark or predictions cannot be found are listed, not fatal. The benchmark's ground
-    truth and metadata are read once per benchmark.
+    Runs whose benchmark, metadata or predictions cannot be read are listed ("per-edit table: ...")
+    and stay in the main table. Each benchmark's ground truth and metadata are read once.
     """
-    from harness.isc import read_ground_truth, read_predictions
+    from harness.isc import read_predictions
 
     rows: list[dict[str, object]] = []
     skipped: list[SkippedRun] = []
-    benchmarks: dict[Path, tuple[object, pd.DataFrame] | None] = {}
+    benchmarks: dict[Path, tuple[object, pd.DataFrame] | str] = {}
     for _, run in runs.iterrows():
         benchmark = resolve_benchmark(run["benchmark_path"], run["run_dir"])
         if benchmark is None:
             skipped.append(
-                SkippedRun(run["run_dir"], f"benchmark {run['benchmark_path']!r} not found")
+                SkippedRun(
+                    run["run_dir"], f"per-edit table: benchmark {run['benchmark_path']!r} not found"
+                )
             )
             continue
         if benchmark not in benchmarks:
-            metadata_path = benchmark / "metadata.csv"
-            benchmarks[benchmark] = (
-                (read_ground_truth(benchmark / "ground_truth.csv"), read_metadata(metadata_path))
-                if metadata_path.is_file()
-                else None
-            )
-        if benchmarks[benchmark] is None:
-            skipped.append(SkippedRun(run["run_dir"], f"{benchmark} has no metadata.csv"))
+            benchmarks[benchmark] = _edit_truth(benchmark)
+        if isinstance(benchmarks[benchmark], str):
+            skipped.append(SkippedRun(run["run_dir"], benchmarks[benchmark]))
             continue
         gt, metadata = benchmarks[benchmark]
         predictions_path = Path(run["run_dir"]) / run["predictions_file"]
         if not predictions_path.is_file():
-            skipped.append(SkippedRun(run["run_dir"], f"{predictions_path} not found"))
+            skipped.append(
+                SkippedRun(run["run_dir"], f"per-edit table: {predictions_path} not found")
+            )
             continue
         try:
             per_family = edit_family_map(gt, metadata, read_predictions(predictions_path))
         except InputError as err:
-            skipped.append(SkippedRun(run["run_dir"], str(err)))
+            skipped.append(SkippedRun(run["run_dir"], f"per-edit table: {err}"))
             continue
         for family, values in per_family.items():
             rows.append({"run_id": run["run_id"], "family": family, **values})

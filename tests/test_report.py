@@ -350,3 +350,17 @@ def test_a_repeated_seed_of_one_setting_is_not_a_second_seed(tmp_path):
     assert sorted(loaded.runs["run_id"]) == ["qk-a", "qk-c"]
     assert [s.reason for s in loaded.skipped] == [f"same setting and seed as {tmp_path / 'a'}"]
     assert report.summarize(loaded.runs)["n_seeds"].tolist() == [2]
+
+
+def test_a_run_without_edit_metadata_stays_in_the_main_table(fabricated, tmp_path):
+    root, bench, _ = fabricated
+    bare = tmp_path / "bare-bench"
+    bare.mkdir()
+    (bare / "ground_truth.csv").write_text((bench / "ground_truth.csv").read_text())
+    record = json.loads((root / "sweeps" / "demo" / "moco-512-s0" / "record.json").read_text())
+    record["benchmark"]["path"] = str(bare)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "record.json").write_text(json.dumps(record))
+    built = report.build_report([tmp_path / "run"], tmp_path / "out", figures=False)
+    assert len(built.runs) == 1 and built.edit_summary.empty
+    assert [s.reason for s in built.skipped] == [f"per-edit table: {bare} has no metadata.csv"]
