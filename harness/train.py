@@ -426,8 +426,18 @@ class Trainer:
         if self.amp_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler("cuda")
 
+    def _check_finite_weights(self) -> None:
+        """A checkpoint must be good: never replace the last one with NaN/inf weights or buffers."""
+        for name, tensor in self.method.state_dict().items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise self._diverged(f"finite but left NaN/inf in {name}", self.step - 1)
+
     def save_checkpoint(self) -> None:
+        self._check_finite_weights()
         if self.rank == 0:
+            # The log first: a kill between the two leaves a log that the resume truncates to
+            # the older checkpoint, never a checkpoint whose log lines are missing.
+            _write_log(self.log_path, self.log)
             state = {
                 "format": CHECKPOINT_FORMAT,
                 "step": self.step,
@@ -440,7 +450,6 @@ class Trainer:
                 "rng": rng_state(),
             }
             atomic_torch_save(state, self.checkpoint_path)
-            _write_log(self.log_path, self.log)
         self.checkpoint_step = self.step
         if self.world_size > 1:
             dist.barrier()
@@ -451,13 +460,18 @@ class Trainer:
         try:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as err:
+            # torch's message runs to a page; its first line says what was wrong.
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise HarnessError(
-                f"{self.checkpoint_path}: cannot load the checkpoint ({type(err).__name__}: {err}); "
-                "delete it to restart training from scratch"
+                f"{self.checkpoint_path}: cannot load the checkpoint ({type(err).__name__}: "
+                f"{first_line}); delete it to restart training from scratch"
             ) from err
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
             raise HarnessError(
-                f"{self.checkpoint_path}: unknown checkpoint format {state.get('format')}"
+                f"{self.checkpoint_path}: checkpoint format {found!r}, this version reads "
+                f"{CHECKPOINT_FORMAT}: it was written by an incompatible version of isc-bench; "
+                "delete it to restart training from scratch, or use another --out"
             )
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -488,7 +502,7 @@ class Trainer:
         average_gradients(list(self.method.parameters()), self.world_size)
         return loss, logs
 
-    def _diverged(self, loss_value: float, step: int) -> TrainingDiverged:
+    def _diverged(self, loss_value: float | str, step: int) -> TrainingDiverged:
         last = (
             f"the last good checkpoint ({self.checkpoint_path}, step {self.checkpoint_step}) is kept"
             if self.checkpoint_step is not None
