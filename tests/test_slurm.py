@@ -364,11 +364,11 @@ def test_sweep_command_runs_tiny_grid_as_job_array(tmp_path, slurm_cluster):  # 
             str(sweep_dir),
             "--wait",
             "--timeout",
-            str(3 * RUN_TIMEOUT_S),
+            str(2 * RUN_TIMEOUT_S),
         ],
         capture_output=True,
         text=True,
-        timeout=4 * RUN_TIMEOUT_S,
+        timeout=3 * RUN_TIMEOUT_S,
         cwd=Path(__file__).parent.parent,
     )
     print("\n" + out.stdout)
