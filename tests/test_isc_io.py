@@ -102,7 +102,7 @@ def test_predictions_without_header_and_with_blank_lines(tmp_path):
     [
         # malformed lines
         ("query_id,reference_id,score\nQ1,R1,0.5\nQ2,R2,0.5,9\n", r"p.csv:3: 4 fields, expected 3"),
-        ("Q1,R1,0.5\nQ2,R2\n", r"p.csv:2: score '' is not a finite number"),
+        ("Q1,R1,0.5\nQ2,R2\n", r"p.csv:2: no score \(expected query_id,reference_id,score\)"),
         ("Q1,,0.5\n", r"p.csv:1: empty reference_id"),
         # unknown columns
         ("query,db,similarity\nQ1,R1,0.5\n", r"p.csv:1: unknown columns"),

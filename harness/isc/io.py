@@ -217,9 +217,13 @@ def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
         i = bad[0]
+        what = (
+            f"no score (expected {','.join(PREDICTION_COLUMNS)})"
+            if str(raw_scores[i]).strip() == ""
+            else f"score {raw_scores[i]!r} is not a finite number"
+        )
         raise InputError(
-            f"{path}:{lines[i]}: score {raw_scores[i]!r} is not a finite number"
-            + (f" ({len(bad)} such rows)" if len(bad) > 1 else "")
+            f"{path}:{lines[i]}: {what}" + (f" ({len(bad)} such rows)" if len(bad) > 1 else "")
         )
     predictions = Predictions(query=queries, reference=references, score=scores)
     duplicate = find_duplicate_pair(predictions)
