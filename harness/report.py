@@ -749,7 +749,8 @@ def report_markdown(
     if len(families.columns) > 1:
         parts += [
             "\n## µAP per edit family\n",
-            "Queries with the edit family plus all distractor queries, scored by the ISC evaluation.\n",
+            "µAP of the queries with each edit family plus every distractor query (raw scores,"
+            " predictions.csv), scored by the ISC evaluation; mean ± std over seeds.\n",
             to_markdown(families),
         ]
     pngs = [p for p in figure_paths if p.suffix == ".png"]
@@ -911,7 +912,8 @@ def paper_summary(
         + (f" ({len(skipped)} skipped, listed in report.md)" if skipped else "")
         + f". Benchmark: `{', '.join(sorted({str(p) for p in runs['benchmark_path']}))}`.\n",
         "## Equal budget\n",
-        "Mean ± sample std over seeds.\n",
+        "The runs of the sweep's products in which no key but method and seed takes several values."
+        " Mean ± sample std over seeds.\n",
         to_markdown(main_table(main_summary)),
         "## Differences\n",
         "QK iteration minus each baseline (difference of the seed means ± its standard error):\n",
