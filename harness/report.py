@@ -853,6 +853,16 @@ def main_comparison_runs(runs: pd.DataFrame, sweep_dir: str | os.PathLike | None
     return runs["group"].isin(chosen)
 
 
+def comparison_rule(sweep_dir: str | os.PathLike | None) -> str:
+    """In words, which rule `main_comparison_runs` applies to this directory."""
+    sweep_dir = Path(sweep_dir) if sweep_dir is not None else None
+    if sweep_dir is None or not (sweep_dir / "manifest.json").is_file():
+        return "Per method, the group with the most seeds (no sweep manifest found)."
+    if (sweep_dir / "sweep.yaml").is_file():
+        return "The runs of the sweep's products in which no key but method and seed takes several values."
+    return "The runs whose grid point sets only method and seed (sweep.yaml not found)."
+
+
 def paper_differences(main_runs: pd.DataFrame, metric: str = "map") -> list[Difference]:
     """QK minus each baseline present, over the per-seed values of `metric`."""
     values = {m: rows[metric].dropna().to_numpy() for m, rows in main_runs.groupby("method")}
@@ -912,8 +922,7 @@ def paper_summary(
         + (f" ({len(skipped)} skipped, listed in report.md)" if skipped else "")
         + f". Benchmark: `{', '.join(sorted({str(p) for p in runs['benchmark_path']}))}`.\n",
         "## Equal budget\n",
-        "The runs of the sweep's products in which no key but method and seed takes several values."
-        " Mean ± sample std over seeds.\n",
+        f"{comparison_rule(sweep_dir)} Mean ± sample std over seeds.\n",
         to_markdown(main_table(main_summary)),
         "## Differences\n",
         "QK iteration minus each baseline (difference of the seed means ± its standard error):\n",

@@ -102,5 +102,7 @@ def test_figures_paper_writes_summary_with_differences(sweep_dir, fabricated, tm
     assert f"µAP {direction} by {abs(delta):.4f} ± {se:.4f}" in summary
     assert "0.3403" in summary and "0.2001" in summary and "not this benchmark" in summary
     assert "## Negatives per step" in summary
+    assert report.comparison_rule(sweep_dir) in summary
+    assert "most seeds" in report.comparison_rule(tmp_path)
     for stem in ("map_by_method", "pr_curves", "map_vs_negatives", "map_vs_compute", "map_by_edit"):
         assert (out / f"{stem}.png").stat().st_size > 0
