@@ -227,8 +227,7 @@ def load_runs(
     ignored |= {c for c in config_frame.columns if c.endswith(".seed")}
     config_columns = [c for c in config_frame.columns if c not in ignored]
     if runs.empty:
-        runs = pd.DataFrame(columns=[*rows[0].keys()] if rows else ["run_id", "method", "seed"])
-        return LoadedRuns(runs=runs, skipped=skipped, config_columns=[])
+        return LoadedRuns(pd.DataFrame(columns=["run_id", "method", "seed"]), skipped)
     runs = pd.concat([runs, config_frame], axis=1)
     runs["setting_id"] = [
         _setting_hash({rename.get(k, k): v for k, v in flat.items()}, ignored) for flat in configs
