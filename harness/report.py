@@ -342,7 +342,10 @@ def summarize(
     metrics: Sequence[str] = tuple(RECORD_METRICS),
 ) -> pd.DataFrame:
     """One row per group: the grouping columns, `group`, `n_seeds`, `seeds`, and for each metric its
-    mean and sample standard deviation (ddof=1; NaN with one seed) over the group's runs."""
+    mean and sample standard deviation (ddof=1; NaN with one seed) over the group's runs.
+
+    Undefined values (recall@P90 when no cutoff reaches precision 0.9) are left out of that
+    metric's mean and std; `n_seeds` still counts every run of the group."""
     group_by = check_group_by(runs, group_by)
     runs = add_group_column(runs, group_by)
     metrics = [m for m in metrics if m in runs.columns]
