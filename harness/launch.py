@@ -347,7 +347,10 @@ def submit_runs(
         raise HarnessError(f"sbatch refused the job:\n{output.strip()}") from err
     except Exception as err:
         if type(err).__name__ == "FailedJobError":
-            raise HarnessError(f"sbatch refused the job:\n{err}") from err
+            hint = ""
+            if launcher == "slurm" and "SLURM_CONF" not in os.environ:
+                hint = "\n(SLURM_CONF is not set; for the localhost cluster: source .cache/slurm/env.sh)"
+            raise HarnessError(f"sbatch refused the job:\n{err}{hint}") from err
         raise
 
 
