@@ -314,6 +314,19 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> TrainB
     )
 
 
+def _load_failure(err: Exception) -> str:
+    """torch.load's reason in one line. Its weights-only refusal runs to a page and suggests
+    weights_only=False, which a harness must never do with a file it cannot vouch for."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        detail = text.partition("WeightsUnpickler error:")[2].strip().splitlines()
+        reason = detail[0].strip() if detail else "unsupported content"
+        reason = reason.partition(". Please use")[0]  # advice to allowlist: not for a user
+        return f"not a checkpoint of isc-bench, or damaged; safe loading refused it: {reason}"
+    lines = text.strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
 class Trainer:
     """Trains one method under a TrainConfig; state lives in `run_dir` (checkpoint and log)."""
 
@@ -460,11 +473,9 @@ class Trainer:
         try:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as err:
-            # torch's message runs to a page; its first line says what was wrong.
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise HarnessError(
-                f"{self.checkpoint_path}: cannot load the checkpoint ({type(err).__name__}: "
-                f"{first_line}); delete it to restart training from scratch"
+                f"{self.checkpoint_path}: cannot load the checkpoint ({_load_failure(err)}); "
+                "delete it to restart training from scratch"
             ) from err
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             found = state.get("format") if isinstance(state, dict) else type(state).__name__
