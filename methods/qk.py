@@ -5,6 +5,9 @@ Only the paper's abstract is public; everything below that it does not state is 
 each such choice is a config option (see QKConfig):
 - Q and K are the same architecture (shared backbone factory + MLP head without BatchNorm, so the
   head gives the same keys whether applied to the whole cache, chunk by chunk, or on any rank).
+- `init` "shared" (default) starts K as a copy of Q: the two sides begin in one embedding space, so
+  asymmetric descriptors are meaningful from the first step (with "independent" random inits, a short
+  budget leaves Q and K in unrelated spaces and asymmetric µAP near 0).
 - Phases alternate every `phase_steps` steps, starting with `first_phase`. In a Q-phase the trained
   side is Q and the frozen side is K; in a K-phase the roles swap.
 - At each phase start the frozen backbone (eval mode) encodes the negative set once (no grad,
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from methods.backbone import Encoder, set_trainable
 from methods.base import Method, MethodConfig, MethodContext, TrainBatch, TrainContext
 from methods.distributed import broadcast_
@@ -44,6 +47,7 @@ CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 CACHE_VIEWS = ("clean", "augmented")
 DESCRIBE_MODES = ("asymmetric", "query", "key")
 PHASES = ("q", "k")
+INITS = ("shared", "independent")
 
 
 @dataclass
@@ -58,7 +62,23 @@ class QKConfig(MethodConfig):
     cache_batch_size: int | None = None  # batch size of the cache pass (None: the trainer's)
     chunk_size: int = 4096  # bank rows per chunk of logits: memory O(batch x chunk_size)
     describe_mode: str = "asymmetric"
+    init: str = "shared"  # "shared": K starts as a copy of Q; "independent": two random inits
     seed: int = 0
+
+
+def _check_cache_range(features: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raw backbone features are unbounded: in a float16 cache, values past 65504 would become
+    inf and every loss NaN. Stop with the cause instead (bf16 has float32's range)."""
+    if dtype != torch.float16:
+        return
+    largest = float(features.detach().abs().amax()) if features.numel() else 0.0
+    limit = torch.finfo(torch.float16).max
+    if not largest <= limit:  # also catches NaN
+        raise HarnessError(
+            f"qk: the frozen encoder's features reach {largest:.4g}, beyond float16's range "
+            f"(±{limit:.0f}), so the fp16 key cache would overflow to inf; set "
+            "qk.cache_dtype=bf16 (same memory, float32's range) or fp32"
+        )
 
 
 def _check(config: QKConfig, context: MethodContext) -> None:
@@ -88,6 +108,8 @@ def _check(config: QKConfig, context: MethodContext) -> None:
         fail("cache_view", f"must be one of {CACHE_VIEWS}, got {config.cache_view!r}")
     if config.describe_mode not in DESCRIBE_MODES:
         fail("describe_mode", f"must be one of {DESCRIBE_MODES}, got {config.describe_mode!r}")
+    if config.init not in INITS:
+        fail("init", f"must be one of {INITS}, got {config.init!r}")
     if config.chunk_size < 1:
         fail("chunk_size", f"must be >= 1, got {config.chunk_size}")
     if config.cache_batch_size is not None and config.cache_batch_size < 1:
@@ -103,6 +125,8 @@ class QKIteration(Method):
         _check(config, context)
         self.query = Encoder(context)
         self.key = Encoder(context)
+        if config.init == "shared":
+            self.key.load_state_dict(self.query.state_dict())
         # The cache is derived state (recomputed per phase), so it stays out of checkpoints.
         self.register_buffer("cache", torch.empty(0), persistent=False)
         self.register_buffer("cache_rows", torch.empty(0, dtype=torch.long), persistent=False)
@@ -150,6 +174,7 @@ class QKIteration(Method):
             features = frozen.backbone(images)
             if not self.config.train_frozen_head:
                 features = F.normalize(frozen.head(features), dim=1)
+            _check_cache_range(features, dtype)
             return features.to(dtype)
 
         # seed_key=phase: an augmented-view cache is the same when a resumed run recomputes it.

@@ -168,3 +168,18 @@ def test_training_step_without_a_cache_for_its_phase_is_an_error():
 
 def test_context_is_used():
     assert build("qk", ctx=context(num_train=7)).negatives_per_step() == 6
+
+
+@pytest.mark.parametrize("init", ["shared", "independent"])
+def test_init_decides_whether_q_and_k_start_in_one_space(init):
+    method = build("qk", QKConfig(init=init)).eval()
+    data = images(8)
+    same = torch.equal(method.describe(data, "query"), method.describe(data, "reference"))
+    assert same == (init == "shared")
+
+
+def test_unknown_init_is_a_config_error():
+    from harness.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="qk.init"):
+        build("qk", QKConfig(init="copy"))
