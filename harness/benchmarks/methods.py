@@ -1,0 +1,579 @@
+"""Training and extraction throughput of every method, each next to a bare PyTorch reference.
+
+Rows (same backbone, batch and input size for every method; the protocol's resnet10t, batch 64,
+64 px at full size):
+
+- `train`: the harness's training step, i.e. the real `harness.train.Trainer` driving the method
+  (batch assembly through the seeded DataLoader, `training_step`, backward, optimizer, LR schedule,
+  logging; the checkpoint cost measured and amortized over `train.checkpoint_every` steps), against
+  a bare loop doing the same math on the same preloaded tensors: timm backbone + lightly head and
+  lightly's `NTXentLoss` for SimCLR and MoCo (`memory_bank_size` = the queue), a plain
+  cross-entropy over the sampled slots (membank) or over all N keys (QK) where lightly has no loss.
+  Both read preloaded synthetic tensors, so image decoding is excluded; the trainer runs with
+  `num_workers=0` so its batch assembly sits on the step's critical path (the strictest reading of
+  "overhead"). Target: harness <= 1.10x the bare step time.
+- `qk phase start`: encoding the negative set at a phase start (`on_train_start`, through the
+  trainer's `encode_training_set`), next to a bare no-grad forward of the frozen backbone over the
+  same number of preloaded images, and amortized per step over `qk.phase_steps`.
+- `train (dataloader)`: the trainer fed from JPEG files with the protocol's augmentation preset and
+  DataLoader workers, next to the same trainer on preloaded tensors (how much decoding and the
+  copy-edit augmentations cost on this machine).
+- `extract`: the pipeline's descriptor extraction (`harness.pipeline.extract_descriptors`: JPEG
+  files, DataLoader workers, `method.describe`) against `describe` over preloaded tensors of the same
+  size. Target: >= 0.8x (data loading must not be the bottleneck).
+
+Timings alternate the harness and its reference (A, B, A, B, ...) and report medians of per-step
+(per-pass) times, because the machine may be shared. CUDA is synchronized around every bare step;
+the trainer's own per-step clock (read back from its log) includes `float(loss)`, which waits for
+the GPU.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DESCRIPTION = (
+    "training images/s per method (harness trainer vs a bare loop with lightly's loss), QK "
+    "phase-start cost, DataLoader-fed training, descriptor extraction vs a bare forward"
+)
+METHODS = ("simclr", "moco", "membank", "qk")
+OVERHEAD_TARGET = 1.10  # harness step time <= 1.1x the bare loop's
+EXTRACT_TARGET = 0.80  # extraction images/s >= 0.8x the bare forward's
+
+
+@dataclass(frozen=True)
+class Setting:
+    backbone: str
+    image_size: int
+    batch_size: int
+    n_train: int  # training-set size: QK's negatives and the memory bank's slots
+    steps: int  # timed steps per round (one more runs first, untimed)
+    rounds: int  # alternations of harness and reference
+    n_files: int  # JPEG files for the DataLoader-fed rows
+    workers: int  # DataLoader workers of the DataLoader-fed rows (the protocol's default: 2)
+    extract_batch: int  # images per extraction batch (eval.batch_size)
+
+
+# The protocol's model and batch (configs/protocol.yaml) and its 5,000-image training set.
+FULL = Setting(
+    "resnet10t", 64, 64, 5_000, steps=4, rounds=3, n_files=512, workers=2, extract_batch=128
+)
+QUICK = Setting(
+    "test_resnet", 32, 16, 256, steps=2, rounds=2, n_files=64, workers=2, extract_batch=32
+)
+POOL = 32  # distinct preloaded images; item i uses pool[i % POOL]
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _run_config(method: str, setting: Setting):
+    """The method's resolved protocol config at the benchmark's sizes."""
+    from harness.config import resolve_config
+
+    overrides = [
+        f"model.backbone={setting.backbone}",
+        f"model.image_size={setting.image_size}",
+        f"train.batch_size={setting.batch_size}",
+    ]
+    if method == "membank":  # the bank cannot sample more negatives than it has slots
+        overrides.append(f"membank.num_negatives={min(4096, setting.n_train - 1)}")
+    if method == "moco":
+        overrides.append(f"moco.queue_size={min(4096, setting.n_train)}")
+    return resolve_config(method, overrides=overrides)
+
+
+# --- preloaded data -------------------------------------------------------------------------------
+
+
+class PreloadedStream:
+    """A TrainingDataset look-alike over preloaded tensors (no decoding, no augmentation)."""
+
+    def __init__(self, pool, n_items: int, n_views: int):
+        self.pool, self.n_items, self.n_views = pool, n_items, n_views
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __getitem__(self, index: int) -> dict:
+        pick = self.pool
+        return {
+            "views": [pick[(index + v) % len(pick)] for v in range(self.n_views)],
+            "clean": pick[index % len(pick)],
+            "index": index,
+            "id": f"T{index:06d}",
+        }
+
+
+class PreloadedImages:
+    """An ImageDataset look-alike over preloaded tensors: items are (image, index, id)."""
+
+    def __init__(self, pool, n_items: int):
+        self.pool, self.n_items = pool, n_items
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __getitem__(self, index: int):
+        return self.pool[index % len(self.pool)], index, f"T{index:06d}"
+
+
+def _pool(setting: Setting):
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(POOL, 3, setting.image_size, setting.image_size, generator=generator)
+
+
+def _preloaded_data(setting: Setting, n_views: int):
+    from harness.train import TrainData
+
+    pool = _pool(setting)
+    return TrainData(
+        stream=PreloadedStream(pool, setting.n_train, n_views),
+        clean=PreloadedImages(pool, setting.n_train),
+        augmented=PreloadedImages(pool, setting.n_train),
+    )
+
+
+def _write_jpegs(directory: Path, count: int):
+    """`count` scenes of the generated mini-DISC (96 px JPEGs, as `data synth` writes them)."""
+    from harness.data.layout import ImageSet
+    from harness.data.synth import SynthParams, render_training
+
+    params = SynthParams()
+    directory.mkdir(parents=True, exist_ok=True)
+    ids, paths = [], []
+    for index in range(count):
+        path = directory / f"T{index:06d}.jpg"
+        render_training(params, index).save(path, quality=params.jpeg_quality)
+        ids.append(path.stem)
+        paths.append(path)
+    return ImageSet(ids, paths)
+
+
+# --- the harness side -----------------------------------------------------------------------------
+
+
+def _build_method(cfg, n_train: int, device):
+    from harness.pipeline import build_method
+
+    return build_method(cfg, n_train, device)
+
+
+def _harness_round(cfg, data, setting: Setting, device, workdir: Path) -> tuple[list[float], float]:
+    """One fresh run of the real trainer for 1 + `steps` steps.
+
+    Returns the per-step seconds of the timed steps (the trainer's own clock, from its log: batch
+    fetch, step, backward, optimizer and hooks) and the seconds of one checkpoint save."""
+    from harness.train import Trainer
+
+    method = _build_method(cfg, len(data.stream), device)
+    train_cfg = replace(cfg.train, budget_kind="steps", budget_value=float(1 + setting.steps))
+    trainer = Trainer(
+        method,
+        data,
+        train_cfg,
+        seed=cfg.seed,
+        run_dir=workdir,
+        device=device,
+        progress=False,
+    )
+    trainer.fit()
+    per_step = [train_cfg.batch_size / line["images_per_s"] for line in trainer.log[1:]]
+    started = time.perf_counter()
+    trainer.save_checkpoint()
+    return per_step, time.perf_counter() - started
+
+
+# --- the bare references --------------------------------------------------------------------------
+
+
+class BareLoop:
+    """The same math as a method's step in plain PyTorch: timm backbone, lightly head and loss,
+    SGD with the protocol's settings and a cosine schedule, on fixed preloaded batches."""
+
+    def __init__(self, method: str, cfg, n_train: int, device):
+        import copy
+        from collections import OrderedDict
+
+        import timm
+        import torch
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import MoCoProjectionHead
+
+        self.method, self.cfg, self.device = method, cfg, device
+        mc = cfg.method_config
+        dim = cfg.model.embedding_dim
+        backbone = timm.create_model(cfg.model.backbone, pretrained=False, num_classes=0)
+        width = backbone.num_features
+        head = MoCoProjectionHead(width, width, dim)
+        self.model = torch.nn.Sequential(OrderedDict(backbone=backbone, head=head)).to(device)
+        params = list(self.model.parameters())
+        if method == "simclr":
+            self.loss_fn = NTXentLoss(temperature=mc.temperature)
+        elif method == "moco":
+            self.key_model = copy.deepcopy(self.model).requires_grad_(False)
+            self.loss_fn = NTXentLoss(
+                temperature=mc.temperature, memory_bank_size=(mc.queue_size, dim)
+            ).to(device)
+        elif method == "membank":
+            self.slots = torch.nn.functional.normalize(torch.randn(n_train, dim), dim=1).to(device)
+        elif method == "qk":
+            # The trained side's encoder, the frozen side's trainable head and its cached features.
+            self.frozen_head = MoCoProjectionHead(width, width, dim).to(device)
+            params += list(self.frozen_head.parameters())
+            self.cache = torch.randn(n_train, width).to(device)
+        else:
+            raise ValueError(f"no bare loop for {method!r}")
+        tc = cfg.train
+        self.optimizer = torch.optim.SGD(
+            params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=1000)
+        self.amp = device.type == "cuda" and tc.amp
+        self.channels_last = device.type == "cuda" and tc.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.step_count = 0
+
+    def load_from(self, method) -> None:
+        """Copy a harness method's weights and state in (tests compare the two losses)."""
+        if self.method == "simclr":
+            self.model.load_state_dict(method.encoder.state_dict())
+        elif self.method == "moco":
+            self.model.load_state_dict(method.query_encoder.state_dict())
+            self.key_model.load_state_dict(method.key_encoder.state_dict())
+            self.loss_fn.memory_bank.bank.copy_(method.queue.keys)
+            self.loss_fn.memory_bank.bank_ptr.fill_(int(method.queue.pointer))
+        elif self.method == "membank":
+            self.model.load_state_dict(method.encoder.state_dict())
+            self.slots.copy_(method.bank.slots)
+        else:
+            trained, frozen = method.query, method.key  # phase 0 trains Q against K's cache
+            self.model.load_state_dict(trained.state_dict())
+            self.frozen_head.load_state_dict(frozen.head.state_dict())
+
+    def train(self) -> None:
+        for name in ("model", "key_model", "frozen_head"):
+            if hasattr(self, name):
+                getattr(self, name).train()
+
+    def batch(self, pool, batch_size: int):
+        import torch
+
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        index = torch.arange(batch_size)
+        views = [pool[(index + v) % len(pool)] for v in range(2)]
+        views = [v.to(self.device, memory_format=fmt) for v in views]
+        return views, index.to(self.device)
+
+    def loss(self, views, index, step: int):
+        import torch
+        import torch.nn.functional as F
+        from lightly.models.utils import update_momentum
+
+        mc = self.cfg.method_config
+        if self.method == "simclr":
+            return self.loss_fn(self.model(views[0]), self.model(views[1]))
+        if self.method == "moco":
+            query = F.normalize(self.model(views[0]), dim=1)
+            with torch.no_grad():
+                update_momentum(self.model, self.key_model, m=mc.momentum)
+                key = F.normalize(self.key_model(views[1]), dim=1)
+            return self.loss_fn(query, key)  # lightly's bank enqueues the keys
+        query = F.normalize(self.model(views[0]), dim=1)
+        if self.method == "membank":
+            # The method's draw: a generator seeded by (seed, step), so both see the same slots.
+            generator = torch.Generator().manual_seed(mc.seed * 1_000_003 + step)
+            sample = torch.randint(len(self.slots), (mc.num_negatives,), generator=generator)
+            negatives = self.slots[sample.to(self.device)]
+            positive = (query * self.slots[index]).sum(1, keepdim=True)
+            logits = torch.cat([positive, query @ negatives.T], dim=1) / mc.temperature
+            with torch.no_grad():
+                mixed = mc.bank_momentum * self.slots[index] + (1 - mc.bank_momentum) * query
+                self.slots[index] = F.normalize(mixed, dim=1)
+            return F.cross_entropy(logits, torch.zeros_like(index))
+        keys = F.normalize(self.frozen_head(self.cache), dim=1)  # qk: all N keys, full logits
+        return F.cross_entropy(query @ keys.T / mc.temperature, index)
+
+    def step(self, views, index) -> float:
+        import torch
+
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = self.loss(views, index, self.step_count)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step_count += 1
+        return float(loss.detach())
+
+
+def train_batch(views, index):
+    """The TrainBatch the trainer would deliver for these views."""
+    from methods.base import TrainBatch
+
+    return TrainBatch(views=list(views), indices=index, clean=views[0])
+
+
+def _bare_round(bare: BareLoop, views, index, steps: int) -> list[float]:
+    bare.step(views, index)  # untimed, as the trainer's first step
+    seconds = []
+    for _ in range(steps):
+        _synchronize(bare.device)
+        started = time.perf_counter()
+        bare.step(views, index)
+        _synchronize(bare.device)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+def _train_rows(setting: Setting, device, workdir: Path, progress) -> list[dict]:
+    import torch
+
+    rows = []
+    pool = _pool(setting)
+    for method in METHODS:
+        cfg = _run_config(method, setting)
+        data = _preloaded_data(setting, cfg.train.n_views)
+        cfg = replace(cfg, train=replace(cfg.train, num_workers=0))
+        torch.manual_seed(0)
+        bare = BareLoop(method, cfg, setting.n_train, device)
+        views, index = bare.batch(pool, setting.batch_size)
+        harness_steps, bare_steps, checkpoints = [], [], []
+        for round_ in range(setting.rounds):
+            per_step, checkpoint = _harness_round(
+                cfg, data, setting, device, workdir / f"{method}-{round_}"
+            )
+            harness_steps += per_step
+            checkpoints.append(checkpoint)
+            bare_steps += _bare_round(bare, views, index, setting.steps)
+            progress.update(1)
+        checkpoint_per_step = statistics.median(checkpoints) / cfg.train.checkpoint_every
+        harness_step = statistics.median(harness_steps) + checkpoint_per_step
+        bare_step = statistics.median(bare_steps)
+        ratio = harness_step / bare_step
+        rows.append(
+            {
+                "case": "train",
+                "method": method,
+                "images_per_s": cfg.train.batch_size / harness_step,
+                "reference_images_per_s": cfg.train.batch_size / bare_step,
+                "ratio": ratio,
+                "overhead_percent": 100 * (ratio - 1),
+                "target": f"<= {100 * (OVERHEAD_TARGET - 1):.0f}% overhead",
+                "met": ratio <= OVERHEAD_TARGET,
+                "seconds": harness_step,
+                "reference_seconds": bare_step,
+                "checkpoint_per_step_s": checkpoint_per_step,
+                "reference": {
+                    "simclr": "bare loop, lightly NTXentLoss",
+                    "moco": "bare loop, lightly NTXentLoss(memory_bank_size)",
+                    "membank": "bare loop, cross-entropy over sampled slots",
+                    "qk": "bare loop, cross-entropy over all N keys",
+                }[method],
+            }
+        )
+    return rows
+
+
+def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
+    """QK's phase start (encode the negative set) against a bare forward over as many images."""
+    import torch
+
+    from harness.train import Trainer
+    from methods.base import TrainContext
+
+    cfg = _run_config("qk", setting)
+    data = _preloaded_data(setting, cfg.train.n_views)
+    method = _build_method(cfg, setting.n_train, device)
+    trainer = Trainer(
+        method,
+        data,
+        cfg.train,
+        seed=cfg.seed,
+        run_dir=workdir / "qk-phase",
+        device=device,
+        progress=False,
+    )
+    method.to(device)
+    context = TrainContext(
+        encode_training_set=trainer.encode_training_set, total_steps=1000, progress=False
+    )
+    backbone = method.key.backbone.eval()
+    batch = cfg.method_config.cache_batch_size or 2 * cfg.train.batch_size
+    pool = _pool(setting).to(device)
+
+    def bare_forward():
+        with torch.no_grad():
+            for start in range(0, setting.n_train, batch):
+                rows = min(batch, setting.n_train - start)
+                backbone(pool[torch.arange(start, start + rows) % len(pool)])
+
+    ours, bare = [], []
+    for _ in range(2):
+        _synchronize(device)
+        started = time.perf_counter()
+        method.on_train_start(context, 0)
+        _synchronize(device)
+        ours.append(time.perf_counter() - started)
+        _synchronize(device)
+        started = time.perf_counter()
+        bare_forward()
+        _synchronize(device)
+        bare.append(time.perf_counter() - started)
+    seconds, reference = statistics.median(ours), statistics.median(bare)
+    return {
+        "case": "qk phase start",
+        "method": "qk",
+        "images_per_s": setting.n_train / seconds,
+        "reference_images_per_s": setting.n_train / reference,
+        "ratio": seconds / reference,
+        "seconds": seconds,
+        "reference_seconds": reference,
+        "per_step_s": seconds / cfg.method_config.phase_steps,
+        "negatives": setting.n_train,
+        "reference": f"bare no-grad backbone forward, amortized over {cfg.method_config.phase_steps} steps",
+    }
+
+
+def _dataloader_row(setting: Setting, device, workdir: Path, images, preloaded_ips: float) -> dict:
+    """SimCLR trained from JPEG files (protocol preset and workers) vs the preloaded figure."""
+    from harness.augment import build_preset, eval_transform
+    from harness.data import ImageDataset, TrainingDataset
+    from harness.train import TrainData, Trainer
+
+    cfg = _run_config("simclr", setting)
+    cfg = replace(cfg, train=replace(cfg.train, num_workers=setting.workers))
+    preset = build_preset(cfg.augment.preset, cfg.model.image_size, cfg.augment.overrides)
+    clean = eval_transform(cfg.model.image_size)
+    data = TrainData(
+        stream=TrainingDataset(images, preset.transform, clean, n_views=cfg.train.n_views),
+        clean=ImageDataset(images, clean),
+        augmented=ImageDataset(images, preset.transform),
+    )
+    method = _build_method(cfg, len(images), device)
+    steps = setting.rounds * setting.steps
+    train_cfg = replace(cfg.train, budget_kind="steps", budget_value=float(1 + steps))
+    trainer = Trainer(
+        method,
+        data,
+        train_cfg,
+        seed=cfg.seed,
+        run_dir=workdir / "simclr-files",
+        device=device,
+        progress=False,
+    )
+    trainer.fit()
+    per_step = statistics.median(
+        train_cfg.batch_size / line["images_per_s"] for line in trainer.log[1:]
+    )
+    ips = train_cfg.batch_size / per_step
+    return {
+        "case": "train (dataloader)",
+        "method": "simclr",
+        "images_per_s": ips,
+        "reference_images_per_s": preloaded_ips,
+        "ratio": ips / preloaded_ips,
+        "seconds": per_step,
+        "workers": setting.workers,
+        "reference": f"same trainer on preloaded tensors; {cfg.augment.preset} preset from JPEGs",
+    }
+
+
+def _extract_row(setting: Setting, device, images) -> dict:
+    """The pipeline's extraction from JPEG files vs `describe` over preloaded tensors."""
+    import torch
+
+    from harness.pipeline import extract_descriptors
+
+    cfg = _run_config("simclr", setting)
+    cfg = replace(
+        cfg,
+        data=replace(cfg.data, workers=setting.workers),
+        eval=replace(cfg.eval, batch_size=setting.extract_batch),
+    )
+    method = _build_method(cfg, len(images), device).to(device).eval()
+    n, batch = len(images), cfg.eval.batch_size
+    tensors = torch.randn(n, 3, setting.image_size, setting.image_size).to(device)
+
+    def pipeline():
+        extract_descriptors(method, images, "reference", cfg, device, split="bench", progress=False)
+
+    def bare():
+        with torch.no_grad():
+            for start in range(0, n, batch):
+                method.describe(tensors[start : start + batch], "reference").cpu()
+
+    bare()  # warm-up
+    ours, reference = [], []
+    for _ in range(setting.rounds):
+        for fn, out in ((pipeline, ours), (bare, reference)):
+            _synchronize(device)
+            started = time.perf_counter()
+            fn()
+            _synchronize(device)
+            out.append(time.perf_counter() - started)
+    seconds, reference_seconds = statistics.median(ours), statistics.median(reference)
+    ratio = reference_seconds / seconds
+    return {
+        "case": "extract",
+        "method": "simclr",
+        "images_per_s": n / seconds,
+        "reference_images_per_s": n / reference_seconds,
+        "ratio": ratio,
+        "target": f">= {EXTRACT_TARGET:g}x bare forward",
+        "met": ratio >= EXTRACT_TARGET,
+        "seconds": seconds,
+        "reference_seconds": reference_seconds,
+        "workers": setting.workers,
+        "reference": f"describe() over {n} preloaded tensors, batch {batch}",
+    }
+
+
+def run(quick: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    setting = QUICK if quick else FULL
+    device = _device()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="isc-bench-methods-") as tmp:
+        workdir = Path(tmp)
+        with tqdm(total=len(METHODS) * setting.rounds, desc="bench methods", leave=False) as bar:
+            rows += _train_rows(setting, device, workdir, bar)
+        phase = _phase_start_row(setting, device, workdir)
+        rows.append(phase)
+        qk = next(row for row in rows if row["case"] == "train" and row["method"] == "qk")
+        qk["images_per_s_with_phase_start"] = setting.batch_size / (
+            qk["seconds"] + phase["per_step_s"]
+        )
+        images = _write_jpegs(workdir / "images", setting.n_files)
+        simclr = next(row for row in rows if row["method"] == "simclr")
+        rows.append(_dataloader_row(setting, device, workdir, images, simclr["images_per_s"]))
+        rows.append(_extract_row(setting, device, images))
+    common = {
+        "benchmark": "methods",
+        "device": device.type,
+        "backbone": setting.backbone,
+        "image_size": setting.image_size,
+        "batch": setting.batch_size,
+    }
+    return [{**common, **row} for row in rows]
