@@ -433,11 +433,13 @@ def job_failure(folder: str | os.PathLike, job_id: str, *, lines: int = 8) -> st
 def _job_finished(job: Any) -> bool:
     if not job.done():
         return False
-    if job.paths.result_pickle.exists() or type(job).__name__ != "SlurmJob":
+    if type(job).__name__ != "SlurmJob":
         return True
-    # Ended without a result (cancelled, killed, or caught between a requeue and its restart):
-    # ask sacct afresh, as submitit's watcher stops polling a job it once saw as finished.
-    return slurm_states([job.job_id]).get(job.job_id) not in ("pending", "running")
+    # For SLURM, the scheduler has the last word, asked afresh (submitit's watcher stops polling a
+    # job once it saw it finished, and it trusts a result pickle): a job caught by a requeue can
+    # leave an error pickle from before the requeue (`scontrol requeue` itself gets the SIGTERM
+    # meant for the job) while its next attempt is already queued.
+    return slurm_states([job.job_id]).get(job.job_id, "pending") not in ("pending", "running")
 
 
 def wait_jobs(jobs: Sequence[Any], *, timeout_s: float, poll_s: float = 2.0) -> None:

@@ -309,12 +309,13 @@ def run_states(
             state.state = "done"
         elif job is not None:
             folder = sweep_dir / job["log_folder"]
+            outcome = job_outcome(folder, job["job_id"])
             if job["launcher"] == "slurm":
-                sched = scheduler.get(job["job_id"], "pending")  # not in sacct yet: just submitted
+                # Not in sacct (yet): just submitted, unless the job already left an error. A job
+                # sacct sees queued or running is alive, whatever pickle an earlier attempt left.
+                sched = scheduler.get(job["job_id"], "failed" if outcome == "error" else "pending")
             else:
                 sched = "running" if local_job_alive(job["job_id"]) else "completed"
-            if job_outcome(folder, job["job_id"]) == "error":
-                sched = "failed"
             if sched in ("pending", "running"):
                 state.state = sched
             else:
