@@ -10,6 +10,7 @@ repeated command) never trains or writes twice.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,8 +184,41 @@ def _untrained(method) -> TrainResult:
     return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0)
 
 
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock: one process at a time trains, evaluates and writes a run.
+
+    Two sweeps or two shells started on the same run would otherwise train it twice and race on
+    its files. The second waits (saying so) and then finds the record the first wrote. An flock
+    dies with its process, so a killed or requeued job never leaves a stale lock behind.
+    """
+    import fcntl
+
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"{run_dir}: another process is running this run; waiting for it", file=sys.stderr
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def execute_run_dir(run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or just return) the run in `run_dir`; returns its record."""
+    run_dir = Path(run_dir)
+    rank, _ = dist_info()
+    if rank != 0 or not run_dir.is_dir():  # other DDP ranks run inside rank 0's lock
+        return _execute_run_dir(run_dir, progress=progress)
+    with run_lock(run_dir):
+        return _execute_run_dir(run_dir, progress=progress)
+
+
+def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
     from harness.isc import (
         evaluate,
         normalized_search,
