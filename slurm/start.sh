@@ -69,10 +69,14 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
     done
 }
 
-if alive slurmctld && alive slurmd && alive slurmdbd && [ "$(node_state)" = idle ]; then
+# Up means the daemons run and the node takes jobs; it may be busy with someone's jobs (never
+# restart a cluster under running jobs).
+case "$(alive slurmctld && alive slurmd && alive slurmdbd && node_state)" in
+idle* | mixed* | alloc* | completing*)
     log "already up (SLURM_CONF=$SLURM_CONF)"
     exit 0
-fi
+    ;;
+esac
 # Half-started leftovers from an earlier attempt: stop what we started before starting again.
 bash "$HERE/stop.sh" >/dev/null 2>&1 || true
 
