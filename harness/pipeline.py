@@ -33,7 +33,16 @@ from harness.config import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.record import build_record, device_description, peak_memory_mb
-from harness.train import LOG_FILENAME, TrainData, TrainResult, dist_info, seed_everything, train
+from harness.train import (
+    LOG_FILENAME,
+    TrainData,
+    TrainResult,
+    amp_dtype,
+    autocast,
+    dist_info,
+    seed_everything,
+    train,
+)
 
 DESCRIPTORS_FILE = "descriptors.h5"
 PREDICTIONS_FILE = "predictions.csv"
@@ -143,10 +152,9 @@ def extract_descriptors(
         pin_memory=cuda,
     )
     fmt = torch.channels_last if cuda and cfg.train.channels_last else torch.contiguous_format
-    amp = cuda and cfg.train.amp
     method.eval()
     features, ids = [], []
-    with torch.no_grad(), torch.autocast("cuda", enabled=amp):
+    with torch.no_grad(), autocast(amp_dtype(device, cfg.train.amp)):
         for images, _, batch_ids in tqdm(
             loader, desc=f"describe {split}", unit="batch", disable=not progress
         ):

@@ -195,6 +195,19 @@ def build_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """Mixed precision on CUDA only: bfloat16 where supported (no loss scaling), else float16."""
+    if not (amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
 # --- distributed ------------------------------------------------------------------------------
 
 
@@ -353,9 +366,7 @@ class Trainer:
         self.rank, self.world_size = dist_info()
         self.cuda = self.device.type == "cuda"
         self.channels_last = self.cuda and cfg.channels_last
-        self.amp_dtype = None
-        if self.cuda and cfg.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
         self.total_steps = total_steps_for(cfg)
         self.checkpoint_path = self.run_dir / CHECKPOINT_PATH
         self.log_path = self.run_dir / LOG_FILENAME
@@ -412,9 +423,7 @@ class Trainer:
         return torch.cat(outputs)
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return autocast(self.amp_dtype)
 
     def _progress_fraction(self, step: int) -> float:
         if self.total_steps is not None:
