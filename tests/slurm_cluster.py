@@ -1,9 +1,10 @@
 """Test helpers for the launcher: the localhost SLURM cluster fixture and a tiny checkpointable run.
 
 Test modules import the fixture (`from slurm_cluster import slurm_cluster`). The session fixture
-runs slurm/start.sh (which leaves an already running cluster alone) and, if it started the cluster,
-slurm/stop.sh at the end of the session. Without root, the SLURM packages or a cluster that comes
-up, the SLURM tests are skipped with the reason.
+runs slurm/start.sh (which leaves an already running cluster alone) and slurm/stop.sh at the end of
+the session, if a test session started the cluster and no other test session still uses it.
+Without root, the SLURM packages or a cluster that comes up, the SLURM tests are skipped with the
+reason.
 
 `counting_run` stands in for `harness.pipeline.execute_run_dir` where a test needs a job whose
 progress it can watch step by step: same contract (idempotent, resumes from an atomic checkpoint in
@@ -126,18 +127,39 @@ def slurm_cluster():
     state_dir = Path(os.environ.get("ISC_BENCH_SLURM_DIR", REPO / ".cache" / "slurm"))
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(state_dir / "etc" / "slurm.conf")
-    started_here = "already up" not in proc.stdout
+    # Test sessions may share one cluster: each registers itself, and the last one out stops a
+    # cluster that a test session started (a cluster someone started by hand is left running).
+    users = state_dir / "test-sessions"
+    users.mkdir(parents=True, exist_ok=True)
+    marker = state_dir / "started-by-tests"
+    if "already up" not in proc.stdout:
+        marker.touch()
+    me = users / str(os.getpid())
+    me.touch()
     yield {
         "state_dir": state_dir,
         "conf": os.environ["SLURM_CONF"],
         "start_output": proc.stdout.strip(),
     }
+    me.unlink(missing_ok=True)
     if previous is None:
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = previous
-    if started_here:
+    others = [p for p in users.iterdir() if _pid_alive(p.name)]
+    if marker.exists() and not others:
         subprocess.run(["bash", str(REPO / "slurm" / "stop.sh")], capture_output=True, timeout=120)
+        marker.unlink(missing_ok=True)
+
+
+def _pid_alive(name: str) -> bool:
+    try:
+        os.kill(int(name), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _which(name: str) -> bool:

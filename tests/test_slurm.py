@@ -28,7 +28,7 @@ from harness.launch import (
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-JOB_TIMEOUT_S = 120
+JOB_TIMEOUT_S = 240
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_requeue_resumes_from_checkpoint(tmp_path, profile):
         timeout_s=JOB_TIMEOUT_S,
         what="the requeue",
     )
-    wait_jobs([job], timeout_s=3 * JOB_TIMEOUT_S)
+    wait_jobs([job], timeout_s=2 * JOB_TIMEOUT_S)
     record = json.loads((run_dir / "record.json").read_text())
     print(f"\nrequeue: job {job.job_id} attempts:\n{_attempts(run_dir)}record: {record}")
     assert record["steps"] == expected["steps"] == steps
