@@ -423,10 +423,12 @@ def test_bad_input_exits_non_zero_with_the_exact_message_and_loses_nothing(case,
     after = _snapshot(workspace.root)
     assert {k: v for k, v in after.items() if k in before} == before, "an input was changed"
     added = set(after) - set(before)
-    # A rejected run may leave only the config of its new (unfinished, resumable) run directory.
-    assert all(Path(p).name == "config.yaml" and Path(p).parts[0] == "results" for p in added), (
-        added
-    )
+    # A rejected run may leave only the config of its new (unfinished, resumable) run directory
+    # and the run directory's empty lock file.
+    assert all(
+        Path(p).name in ("config.yaml", ".lock") and Path(p).parts[0] == "results" for p in added
+    ), added
+    assert all(after[p] == hashlib.sha256(b"").hexdigest() for p in added if p.endswith(".lock"))
     assert not (workspace.root / "elsewhere").exists()
 
 
