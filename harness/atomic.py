@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -51,6 +52,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> int:
+    """Delete the temporaries `atomic_path` left under `directory` when a writer was killed.
+
+    Only safe while no other process writes there (a run directory under its lock). Returns the
+    number of files removed.
+    """
+    removed = 0
+    for path in Path(directory).rglob(".*.tmp-*"):
+        if _TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -23,7 +23,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from harness.atomic import atomic_path, atomic_write_json, atomic_write_text
+from harness.atomic import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
 from harness.config import (
     RECORD_FILENAME,
     RunConfig,
@@ -223,6 +228,8 @@ def execute_run_dir(run_dir: str | Path, *, progress: bool = True) -> dict[str, 
     if rank != 0 or not run_dir.is_dir():  # other DDP ranks run inside rank 0's lock
         return _execute_run_dir(run_dir, progress=progress)
     with run_lock(run_dir):
+        # A process killed mid-write left its temporary behind; under the lock nobody else writes.
+        remove_stale_temporaries(run_dir)
         return _execute_run_dir(run_dir, progress=progress)
 
 
