@@ -173,8 +173,12 @@ def test_sigkill_in_training_extraction_and_search_then_rerun_equals_uninterrupt
     assert not (run_dir / "predictions.csv").exists(), "the kill missed search"
     assert not (run_dir / "record.json").exists()
 
-    # 4. The same command once more finishes the run.
+    # 4. The same command once more finishes the run. (A kill inside a checkpoint write leaves a
+    # temporary like this one; the rerun clears it.)
+    stale = run_dir / "checkpoints" / f".last.pt.tmp-{2**22 + 1}-0123abcd"
+    stale.write_bytes(b"half a checkpoint")
     out = Run(_command(tiny_benchmark, victim_out)).finish()
+    assert not stale.exists() and not list(run_dir.rglob(".*.tmp-*"))
     assert "µAP" in out
     records = sorted(victim_out.rglob("record.json"))
     assert records == [run_dir / "record.json"]
