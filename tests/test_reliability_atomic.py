@@ -220,3 +220,55 @@ def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_pa
         raise RuntimeError("disk full")
     assert path.read_text() == '{"status": "complete"}'
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
+TWO_RUN_SWEEP = """\
+name: two
+launcher: local
+base:
+  data.synth: {references: 16, training: 20, queries: 8, size: 32}
+  data.workers: 0
+  model.backbone: test_resnet
+  model.embedding_dim: 16
+  model.image_size: 32
+  train.budget_value: 2
+  train.batch_size: 8
+  train.num_workers: 0
+  train.warmup_steps: 1
+  eval.score_norm_n: 2
+grid:
+  method: [simclr]
+  seed: [0, 1]
+"""
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_directory_at_once_leave_one_record_per_run(tmp_path):
+    spec = tmp_path / "two.yaml"
+    spec.write_text(TWO_RUN_SWEEP)
+    out = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "harness", "sweep", str(spec), "--launcher", "local"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [*argv, "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=600) for p in procs]
+    for proc, (stdout, stderr) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, stderr[-2000:]
+        assert "2 done" in stdout
+    records = sorted(out.rglob("record.json"))
+    assert [p.parent.name.rsplit("-s", 1)[1] for p in records] == ["0", "1"]
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["status"] == "complete" and record["run_id"] == path.parent.name
+        # Trained once, in one go: the other sweep's job found the run locked or finished.
+        assert record["budget"]["resumed_from"] is None and record["budget"]["steps"] == 2
+        log = (path.parent / "train_log.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in log] == [0, 1]
