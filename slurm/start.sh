@@ -151,7 +151,9 @@ SQL
 # 3. slurmdbd, then slurmctld (which registers the cluster with slurmdbd), then slurmd.
 launch slurmdbd slurmdbd -D
 wait_for 30 slurmdbd bash -c "exec 3<>/dev/tcp/127.0.0.1/$((PORT_BASE + 2))" || fail "slurmdbd did not start" slurmdbd
-launch slurmctld slurmctld -D -i
+# -c: start with an empty queue. Jobs of an earlier start died with its slurmd (stop.sh cancels
+# them first); recovering their state would only leave the node busy with ghosts.
+launch slurmctld slurmctld -D -c -i
 wait_for 30 slurmctld scontrol ping || fail "slurmctld did not answer" slurmctld
 launch slurmd slurmd -D -N "$HOST"
 
@@ -159,7 +161,7 @@ deadline=$((SECONDS + TIMEOUT))
 while :; do
     state="$(node_state)"
     case "$state" in
-    idle) break ;;
+    idle* | mixed* | alloc* | completing*) break ;;
     down* | drain* | fail*) scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true ;;
     esac
     alive slurmd || fail "slurmd exited" slurmd

@@ -13,6 +13,21 @@ running() {  # alive and not a zombie: PID 1 reaps late here, a stopped daemon c
     [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
+# Cancel the cluster's jobs while slurmd can still end their steps: slurmstepd processes outlive
+# slurmd, and a job left running would hold the CPUs of the next start.
+if [ -f "$STATE/pids/slurmctld.pid" ] && [ -f "$STATE/etc/slurm.conf" ]; then
+    export SLURM_CONF="$STATE/etc/slurm.conf"
+    jobs="$(timeout 10 squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')"
+    if [ -n "${jobs// /}" ]; then
+        # shellcheck disable=SC2086
+        timeout 10 scancel $jobs 2>/dev/null || true
+        deadline=$((SECONDS + WAIT))
+        while [ -n "$(timeout 5 squeue -h -t R,CG -o %A 2>/dev/null)" ] && [ $SECONDS -lt $deadline ]; do
+            sleep 0.5
+        done
+    fi
+fi
+
 stopped=()
 for name in slurmd slurmctld slurmdbd mariadbd munged; do
     pidfile="$STATE/pids/$name.pid"
