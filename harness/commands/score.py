@@ -200,7 +200,7 @@ def draw_pr_curve(path: str, precision, recall, title: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.errors import ConfigError
+    from harness.errors import ConfigError, InputError
     from harness.isc import (
         NegativeEmbedding,
         evaluate,
@@ -259,6 +259,12 @@ def main(args: argparse.Namespace) -> int:
         queries = _read_split(args.queries, "query", args.max_dim)
         references = _read_split(args.references, "reference", args.max_dim)
         training = _read_split(args.training, "training", args.max_dim) if args.training else None
+        for path, other in ((args.references, references), (args.training, training)):
+            if other is not None and other.dim != queries.dim:
+                raise InputError(
+                    f"descriptor dimensions differ: {args.queries} has {queries.dim}, {path} "
+                    f"has {other.dim}"
+                )
         queries, references, training = prepare_descriptors(
             queries,
             references,
