@@ -219,7 +219,7 @@ def _mismatched_dimensions(ws: Workspace):
     queries = ws.descriptors("q.h5", "query", 8, 8)
     references = ws.descriptors("r.h5", "reference", 16, 16)
     return ws.score_args("--queries", str(queries), "--references", str(references)), (
-        "error: descriptor dimensions differ: queries have 8, references 16"
+        f"error: descriptor dimensions differ: {queries} has 8, {references} has 16"
     )
 
 
