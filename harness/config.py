@@ -529,7 +529,14 @@ def prepare_run_dir(cfg: RunConfig, out_root: str | Path, *, overwrite: bool = F
             "again, or choose another --run-id / --out"
         )
     elif (run_dir / CONFIG_FILENAME).is_file():
-        previous = load_run_config(run_dir)
+        try:
+            previous = load_run_config(run_dir)
+        except ConfigError as err:
+            raise ConfigError(
+                f"{err}. The unfinished run there was written by an incompatible version of "
+                "isc-bench (or its config.yaml was edited); choose another --out, or pass "
+                "--overwrite to discard it"
+            ) from None
         if config_to_dict(previous) != config_to_dict(cfg):
             raise ConfigError(
                 f"{run_dir} holds an unfinished run with a different config; pass --overwrite to "
