@@ -301,9 +301,10 @@ def _config_of_other_version(ws: Workspace):
     run_dir = ws.run_dir()
     config = run_dir / "config.yaml"
     config.write_text(config.read_text().replace("train:\n", "train:\n  epochs: 3\n", 1))
-    return (
-        ws.run_args(),
-        f"error: {config}: unknown key train.epochs; valid keys in train: {_TRAIN_KEYS}",
+    return ws.run_args(), (
+        f"error: {config}: unknown key train.epochs; valid keys in train: {_TRAIN_KEYS}. The "
+        "unfinished run there was written by an incompatible version of isc-bench (or its "
+        "config.yaml was edited); choose another --out, or pass --overwrite to discard it"
     )
 
 
