@@ -218,6 +218,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                 f"{run_dir}: another process is running this run; waiting for it", file=sys.stderr
             )
             fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as err:  # a file system without locks (some NFS mounts): run unlocked
+            print(
+                f"{run_dir}: cannot lock the run directory ({err}); running unlocked",
+                file=sys.stderr,
+            )
         yield
 
 
