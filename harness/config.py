@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import shutil
 import types
@@ -167,6 +168,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .nan/.inf: no key of a run means that
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             return float(value)  # YAML 1.1 reads `1e-3` (no dot, unsigned exponent) as a string
