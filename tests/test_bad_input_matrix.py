@@ -272,6 +272,18 @@ def _wrong_type_in_file(ws: Workspace):
     )
 
 
+def _non_finite_value(ws: Workspace):
+    return ws.run_args("--set", "train.lr=.nan"), (
+        "error: train.lr: expected a finite number, got nan"
+    )
+
+
+def _too_wide_embedding(ws: Workspace):
+    return ws.run_args("--set", "model.embedding_dim=512"), (
+        "error: model.embedding_dim is 512; the ISC descriptor track allows at most 256"
+    )
+
+
 def _invalid_yaml(ws: Workspace):
     path = ws.root / "mine.yaml"
     path.write_text("train:\n  lr: 0.1\n   batch_size: [\n")
@@ -372,6 +384,8 @@ CASES = [
     Case("unknown method", _unknown_method),
     Case("wrong type (--set)", _wrong_type),
     Case("wrong type (--config file)", _wrong_type_in_file),
+    Case("NaN config value", _non_finite_value),
+    Case("embedding wider than 256", _too_wide_embedding),
     Case("invalid YAML", _invalid_yaml),
     Case("run id escaping --out", _run_id_escapes),
     Case("record of another version", _record_of_other_version),
