@@ -89,8 +89,9 @@ def _head():
     ).double()
 
 
+@pytest.mark.parametrize("head_memory_mb", [0.0, 256.0])  # chunked head / whole-bank keys
 @pytest.mark.parametrize("positive_mode", ["index", "key"])
-def test_trainable_head_over_cached_features(positive_mode):
+def test_trainable_head_over_cached_features(positive_mode, head_memory_mb):
     head = _head()
     features = torch.randn(N, C, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     query = unit(B, D, seed=0).requires_grad_()
@@ -101,7 +102,9 @@ def test_trainable_head_over_cached_features(positive_mode):
             return {"positive_key": F.normalize(head(features[:B] + 1), dim=1)}
         return {"positive_index": torch.arange(B) * 5}
 
-    got = bank_info_nce(query, features, 0.1, head=head, chunk_size=8, **positive())
+    got = bank_info_nce(
+        query, features, 0.1, head=head, chunk_size=8, head_memory_mb=head_memory_mb, **positive()
+    )
     want = reference(query, F.normalize(head(features), dim=1), 0.1, **positive())
     torch.testing.assert_close(got, want)
     for a, b in zip(grads(got, params), grads(want, params), strict=True):
