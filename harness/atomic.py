@@ -116,3 +116,25 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def exclusive_lock(lock_path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_path` (created if missing) between processes.
+
+    For read-modify-write of shared files (a sweep's manifest, the benchmark cache). An flock dies
+    with its process, so a killed holder never leaves a stale lock. Without fcntl (not POSIX) this
+    does not lock; the atomic renames still keep every file whole.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from harness.atomic import exclusive_lock
 from harness.errors import ConfigError, HarnessError
 
 MANIFEST = "manifest.json"
@@ -220,6 +221,23 @@ def save_manifest(sweep_dir: Path, manifest: dict[str, Any]) -> None:
     atomic_write_json(sweep_dir / MANIFEST, manifest)
 
 
+def _manifest_lock(sweep_dir: Path) -> Path:
+    # Beside the sweep directory, so an empty directory stays recognisably empty.
+    return sweep_dir.parent / f".{sweep_dir.name}.manifest.lock"
+
+
+def _record_jobs(sweep_dir: Path, submission: dict[str, Any], jobs_by_run: dict[str, dict]) -> None:
+    """Append job entries to the manifest on disk (re-read under the lock: another sweep command
+    on the same directory may have recorded its own jobs meanwhile)."""
+    with exclusive_lock(_manifest_lock(sweep_dir)):
+        manifest = load_manifest(sweep_dir)
+        manifest["submission"] = submission
+        for entry in manifest["runs"]:
+            if entry["run_id"] in jobs_by_run:
+                entry["jobs"].append(jobs_by_run[entry["run_id"]])
+        save_manifest(sweep_dir, manifest)
+
+
 def prepare_sweep(spec: SweepSpec, sweep_dir: str | Path, resolved=None) -> dict[str, Any]:
     """Create the sweep directory and its runs, or reopen the same sweep to resume it.
 
@@ -233,42 +251,46 @@ def prepare_sweep(spec: SweepSpec, sweep_dir: str | Path, resolved=None) -> dict
     resolved = resolved if resolved is not None else resolve_runs(spec)
     runs = [run for run, _ in resolved]
     fingerprint = _fingerprint(runs)
-    if (sweep_dir / MANIFEST).is_file():
-        manifest = load_manifest(sweep_dir)
-        if manifest.get("fingerprint") != fingerprint:
+    # Two sweep commands started together on one directory must agree on one manifest.
+    with exclusive_lock(_manifest_lock(sweep_dir)):
+        if (sweep_dir / MANIFEST).is_file():
+            manifest = load_manifest(sweep_dir)
+            if manifest.get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"{sweep_dir} already holds a different sweep ({manifest.get('name')!r}, "
+                    f"{len(manifest.get('runs', []))} runs); choose another --out or remove it"
+                )
+        elif sweep_dir.exists() and any(sweep_dir.iterdir()):
             raise ConfigError(
-                f"{sweep_dir} already holds a different sweep ({manifest.get('name')!r}, "
-                f"{len(manifest.get('runs', []))} runs); choose another --out or remove it"
+                f"{sweep_dir} exists and is not a sweep directory; choose another --out"
             )
-    elif sweep_dir.exists() and any(sweep_dir.iterdir()):
-        raise ConfigError(f"{sweep_dir} exists and is not a sweep directory; choose another --out")
-    else:
-        manifest = {
-            "schema_version": 1,
-            "name": spec.name,
-            "fingerprint": fingerprint,
-            "spec": SPEC_COPY,
-            "created_at": _now(),
-            "submission": None,
-            "runs": [
-                {
-                    "index": r.index,
-                    "run_id": r.run_id,
-                    "run_dir": f"runs/{r.run_id}",
-                    "point": r.point,
-                    "jobs": [],
-                }
-                for r in runs
-            ],
-        }
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    source = Path(spec.source)
-    if source.is_file() and not (sweep_dir / SPEC_COPY).is_file():
-        atomic_write_text(sweep_dir / SPEC_COPY, source.read_text(encoding="utf-8"))
-    for _run, cfg in resolved:
-        if not run_is_finished(sweep_dir / "runs" / cfg.run_id):
-            prepare_run_dir(cfg, sweep_dir / "runs")
-    save_manifest(sweep_dir, manifest)
+        else:
+            manifest = {
+                "schema_version": 1,
+                "name": spec.name,
+                "fingerprint": fingerprint,
+                "spec": SPEC_COPY,
+                "created_at": _now(),
+                "submission": None,
+                "runs": [
+                    {
+                        "index": r.index,
+                        "run_id": r.run_id,
+                        "run_dir": f"runs/{r.run_id}",
+                        "point": r.point,
+                        "jobs": [],
+                    }
+                    for r in runs
+                ],
+            }
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        source = Path(spec.source)
+        if source.is_file() and not (sweep_dir / SPEC_COPY).is_file():
+            atomic_write_text(sweep_dir / SPEC_COPY, source.read_text(encoding="utf-8"))
+        for _run, cfg in resolved:
+            if not run_is_finished(sweep_dir / "runs" / cfg.run_id):
+                prepare_run_dir(cfg, sweep_dir / "runs")
+        save_manifest(sweep_dir, manifest)
     return manifest
 
 
@@ -383,7 +405,7 @@ def submit_sweep_runs(
     if launcher == "local":
         step = max(1, profile.array_parallelism)
         chunks = [list(range(i, min(i + step, len(run_ids)))) for i in range(0, len(run_ids), step)]
-    manifest["submission"] = {"launcher": launcher, "profile": dataclasses.asdict(profile)}
+    submission = {"launcher": launcher, "profile": dataclasses.asdict(profile)}
     jobs: list[Any] = []
     for chunk in chunks:
         chunk_jobs = submit_runs(
@@ -394,16 +416,19 @@ def submit_sweep_runs(
             job_name=name,
             target=target,
         )
-        for i, job in zip(chunk, chunk_jobs, strict=True):
-            by_id[run_ids[i]]["jobs"].append(
-                {
+        _record_jobs(
+            sweep_dir,
+            submission,
+            {
+                run_ids[i]: {
                     "job_id": str(job.job_id),
                     "launcher": launcher,
                     "log_folder": "logs/%j",
                     "submitted_at": _now(),
                 }
-            )
-        save_manifest(sweep_dir, manifest)
+                for i, job in zip(chunk, chunk_jobs, strict=True)
+            },
+        )
         jobs.extend(chunk_jobs)
         if launcher == "local" and wait_local:
             wait_jobs(chunk_jobs, timeout_s=profile.time_min * 60 * (profile.max_requeues + 1) + 60)

@@ -180,8 +180,16 @@ def test_concurrent_runs_into_one_results_directory(tiny_benchmark, tmp_path):
         for c in commands
     ]
     results = [p.communicate(timeout=600) for p in procs]
-    for proc, (_, err) in zip(procs, results, strict=True):
-        assert proc.returncode == 0, err[-2000:]
+    # The duplicate either waited for the other and returned its record, or (on a loaded machine
+    # it may start only after the first has finished) was refused as an already finished run.
+    refused = [
+        i
+        for i, (proc, (_, err)) in enumerate(zip(procs, results, strict=True))
+        if proc.returncode != 0 and "already holds a finished run" in err
+    ]
+    assert set(refused) <= {0, 1} and len(refused) <= 1
+    for i, (proc, (_, err)) in enumerate(zip(procs, results, strict=True)):
+        assert proc.returncode == (2 if i in refused else 0), err[-2000:]
 
     records = sorted(out.rglob("record.json"))
     assert len(records) == 2
@@ -202,12 +210,14 @@ def test_concurrent_runs_into_one_results_directory(tiny_benchmark, tmp_path):
         )
     # The same run started twice was trained once: one waited for the other's record.
     same = [err for _, err in results[:2]]
-    assert sum("another process is running this run; waiting for it" in e for e in same) == 1
+    waited = sum("another process is running this run; waiting for it" in e for e in same)
+    assert waited + len(refused) == 1
     seed0 = next(p for p in records if p.parent.name.endswith("-s0"))
     log = (seed0.parent / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [0, 1, 2]
-    outs = [o for o, _ in results[:2]]
-    assert outs[0].splitlines()[1:] == outs[1].splitlines()[1:]  # both print the same table
+    if not refused:
+        outs = [o for o, _ in results[:2]]
+        assert outs[0].splitlines()[1:] == outs[1].splitlines()[1:]  # both print the same table
 
 
 def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -272,3 +282,9 @@ def test_two_sweeps_into_one_directory_at_once_leave_one_record_per_run(tmp_path
         assert record["budget"]["resumed_from"] is None and record["budget"]["steps"] == 2
         log = (path.parent / "train_log.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in log] == [0, 1]
+    # Both commands' submissions are in the manifest: no read-modify-write lost the other's jobs.
+    manifest = json.loads((out / "manifest.json").read_text())
+    recorded = {job["job_id"] for run in manifest["runs"] for job in run["jobs"]}
+    # (submitit stages pickles in a literal "%j" folder before the job id is known)
+    launched = {f.name for f in (out / "logs").iterdir() if f.is_dir() and f.name != "%j"}
+    assert recorded == launched and recorded

@@ -21,12 +21,12 @@ import json
 import multiprocessing
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
+from harness.atomic import exclusive_lock
 from harness.data.edits import EDIT_FAMILIES, EditSettings, random_edits
 from harness.data.scenes import render_scene
 from harness.errors import ConfigError, InputError
@@ -323,25 +323,10 @@ def ensure_synthetic(
     path.parent.mkdir(parents=True, exist_ok=True)
     # Runs started together (a sweep) would all generate the same benchmark: the first takes the
     # lock and generates, the others wait for it and then find the folder complete.
-    with _exclusive_lock(path.with_name(f".{path.name}.lock")):
+    with exclusive_lock(path.with_name(f".{path.name}.lock")):
         if not path.is_dir():
             synthesize(path, params, progress=progress, workers=workers)
     return path
-
-
-@contextmanager
-def _exclusive_lock(lock_path: Path):
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock, the atomic rename still protects
-        yield
-        return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resolve_data(
