@@ -27,8 +27,8 @@ def predictions_of(rows):
 
 
 # ---------------------------------------------------------------------------------------------
-# A literal, slow reading of the definitions in /work/shared/README.md §1 (independent of the
-# implementation: Python sort with an explicit tie key, a walk over every cutoff, per-pair ranks).
+# A literal, slow reading of the ISC 2021 definitions (docs/evaluation.md), independent of the
+# implementation: Python sort with an explicit tie key, a walk over every cutoff, per-pair ranks.
 # ---------------------------------------------------------------------------------------------
 
 
