@@ -24,7 +24,8 @@ Rows (same backbone, batch and input size for every method; the protocol's resne
 
 `ratio` is always images/s over the reference's images/s (1 = as fast as the reference).
 Timings alternate the harness and its reference (A, B, A, B, ...) and report medians of per-step
-(per-pass) times, because the machine may be shared. CUDA is synchronized around every bare step;
+(per-pass) times, because the machine may be shared; `best_*` columns compare the fastest step of
+each, i.e. what each costs when other load left it alone. CUDA is synchronized around every bare step;
 the trainer's own per-step clock (read back from its log) includes `float(loss)`, which waits for
 the GPU.
 """
@@ -61,7 +62,7 @@ class Setting:
 
 # The protocol's model and batch (configs/protocol.yaml) and its 5,000-image training set.
 FULL = Setting(
-    "resnet10t", 64, 64, 5_000, steps=4, rounds=3, n_files=512, workers=2, extract_batch=128
+    "resnet10t", 64, 64, 5_000, steps=3, rounds=5, n_files=2_000, workers=2, extract_batch=128
 )
 QUICK = Setting(
     "test_resnet", 32, 16, 256, steps=2, rounds=2, n_files=64, workers=2, extract_batch=32
@@ -380,6 +381,9 @@ def _train_rows(setting: Setting, device, workdir: Path, progress) -> list[dict]
                 "reference_images_per_s": cfg.train.batch_size / bare_step,
                 "ratio": bare_step / harness_step,
                 "overhead_percent": 100 * (slowdown - 1),
+                # Best step against best step: what each costs when the machine left it alone.
+                "best_overhead_percent": 100
+                * ((min(harness_steps) + checkpoint_per_step) / min(bare_steps) - 1),
                 "target": f"<= {100 * (OVERHEAD_TARGET - 1):.0f}% overhead",
                 "met": slowdown <= OVERHEAD_TARGET,
                 "seconds": harness_step,
@@ -543,6 +547,7 @@ def _extract_row(setting: Setting, device, images) -> dict:
         "images_per_s": n / seconds,
         "reference_images_per_s": n / reference_seconds,
         "ratio": ratio,
+        "best_ratio": min(reference) / min(ours),
         "target": f">= {EXTRACT_TARGET:g}x bare forward",
         "met": ratio >= EXTRACT_TARGET,
         "seconds": seconds,
