@@ -207,7 +207,7 @@ def _harness_round(cfg, data, setting: Setting, device, workdir: Path) -> tuple[
 
 class BareLoop:
     """The same math as a method's step in plain PyTorch: timm backbone, lightly head and loss,
-    SGD with the protocol's settings and a cosine schedule, on fixed preloaded batches."""
+    the protocol's optimizer and a cosine schedule, on fixed preloaded batches."""
 
     def __init__(self, method: str, cfg, n_train: int, device):
         import copy
@@ -242,10 +242,13 @@ class BareLoop:
             self.cache = torch.randn(n_train, width).to(device)
         else:
             raise ValueError(f"no bare loop for {method!r}")
-        tc = cfg.train
-        self.optimizer = torch.optim.SGD(
-            params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
-        )
+        tc = cfg.train  # the protocol's optimizer, as the trainer builds it
+        if tc.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=1000)
         self.amp = device.type == "cuda" and tc.amp
         self.channels_last = device.type == "cuda" and tc.channels_last
