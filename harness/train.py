@@ -608,7 +608,14 @@ class Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 else:
-                    self.optimizer.step()
+                    try:
+                        self.optimizer.step()
+                    except RuntimeError as err:  # e.g. AdamW's lr / bias correction past float max
+                        if "overflow" not in str(err):
+                            raise
+                        raise self._diverged(
+                            f"finite, but the optimizer step overflowed ({err})", step
+                        ) from None
                 self.optimizer.zero_grad(set_to_none=True)
                 method.on_step_end(ctx, step)
                 self.step += 1

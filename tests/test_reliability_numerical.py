@@ -28,7 +28,8 @@ TINY = [
     "train.num_workers=0",
     "data.workers=0",
     "eval.score_norm_n=2",
-    # A learning rate no model survives: the weights overflow and the loss turns NaN.
+    # A learning rate no model survives: SGD's weights overflow and the loss turns NaN.
+    "train.optimizer=sgd",
     "train.lr=1e38",
     "train.schedule=constant",
 ]
@@ -158,3 +159,20 @@ def test_nan_descriptors_never_reach_a_record(tmp_path):
             split="references",
             progress=False,
         )
+
+
+@pytest.mark.slow
+def test_an_optimizer_step_that_overflows_stops_the_run_with_the_cause(tiny_benchmark, tmp_path):
+    """AdamW divides lr by its bias correction: lr 1e38 overflows inside the step, before any NaN."""
+    argv = [sys.executable, "-m", "harness", "run", "--method", "simclr", "--no-progress"]
+    argv += ["--data", str(tiny_benchmark), "--out", str(tmp_path)]
+    for item in TINY:
+        argv += ["--set", "train.optimizer=adamw" if item == "train.optimizer=sgd" else item]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert re.fullmatch(
+        r"error: training diverged: the loss of method 'simclr' is finite, but the optimizer step "
+        r"overflowed \(.*overflow.*\) at step 0; stopped, no checkpoint was written yet\. .*",
+        done.stderr.strip(),
+    ), done.stderr
