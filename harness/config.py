@@ -75,7 +75,7 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 10  # linear warm-up from lr/warmup_steps, then the schedule
     budget_kind: Literal["steps", "images", "seconds"] = "steps"
-    budget_value: float = 150.0  # steps, training images seen (views not counted), or seconds
+    budget_value: float = 300.0  # steps, training images seen (views not counted), or seconds
     n_views: int = 2  # augmented views per training image
     checkpoint_every: int = 50  # steps; a checkpoint is also written at the end of training
     log_every: int = 1  # steps between lines of train_log.jsonl

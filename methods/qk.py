@@ -53,7 +53,7 @@ INITS = ("shared", "independent")
 @dataclass
 class QKConfig(MethodConfig):
     temperature: float = 0.1
-    phase_steps: int = 50
+    phase_steps: int = 100
     first_phase: str = "q"
     num_negatives: int | None = None  # None: the whole training set
     train_frozen_head: bool = True
