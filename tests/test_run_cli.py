@@ -21,14 +21,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_benchmark(tmp_path_factory):
-    from harness.data.synth import SynthParams, synthesize
-
-    params = SynthParams(references=16, training=20, queries=8, size=32)
-    return synthesize(tmp_path_factory.mktemp("bench") / "mini", params, workers=1, progress=False)
-
-
 def run_cli(*argv):
     return main(["run", *argv])
 
