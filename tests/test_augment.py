@@ -110,3 +110,30 @@ def test_eval_transform_resizes_without_cropping():
     assert out.shape == (3, 16, 16)
     left, right = out[:, :, :7].mean(), out[:, :, 9:].mean()
     assert left < -1.5 and right > 1.5
+
+
+@pytest.mark.parametrize("size", [(60, 30), (97, 131), (64, 64), (20, 12)])
+def test_eval_transform_matches_torchvision_chain(size):
+    # The hand-written evaluation transform must give torchvision's values (resize with
+    # antialiasing, then ImageNet normalization), whether it shrinks, enlarges or keeps the size.
+    from torchvision.transforms import v2
+
+    from harness.augment import IMAGENET_NORMALIZE
+
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+    reference = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((64, 64), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(**IMAGENET_NORMALIZE),
+        ]
+    )(image)
+    ours = eval_transform(64)(image)
+    assert ours.dtype == torch.float32 and ours.shape == (3, 64, 64)
+    # torchvision rounds its resized uint8 like PIL does: at most one grey level apart.
+    assert (ours - reference).abs().max() <= 1 / 255 / 0.224 + 1e-5
+    # Grayscale and palette images come out as three identical / converted channels.
+    gray = eval_transform(64)(image.convert("L"))
+    assert torch.allclose(gray[0] * 0.229 + 0.485, gray[1] * 0.224 + 0.456, atol=1e-5)
