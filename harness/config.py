@@ -76,7 +76,10 @@ class TrainConfig:
     warmup_steps: int = 10  # linear warm-up from lr/warmup_steps, then the schedule
     budget_kind: Literal["steps", "images", "seconds"] = "steps"
     budget_value: float = 300.0  # steps, training images seen (views not counted), or seconds
-    n_views: int = 2  # augmented views per training image
+    # Augmented views made per training image; null: as many as the method's training step
+    # reads (`views_per_image`: 2 for SimCLR and MoCo, 1 for QK and the memory bank). A view
+    # nobody reads would cost a full copy-edit augmentation per image for nothing.
+    n_views: int | None = None
     checkpoint_every: int = 50  # steps; a checkpoint is also written at the end of training
     log_every: int = 1  # steps between lines of train_log.jsonl
     amp: bool = True  # mixed precision (CUDA only; CPU always trains in float32)
@@ -364,6 +367,14 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
     cfg = RunConfig(
         method=method, method_config=method_config, seed=seed, run_id=run_id, **sections
     )
+    needed = entry.cls.views_per_image
+    if cfg.train.n_views is None:
+        cfg.train.n_views = max(needed, 1)
+    elif cfg.train.n_views < needed:
+        raise ConfigError(
+            f"train.n_views is {cfg.train.n_views}, but {method} reads {needed} augmented views "
+            "per image; raise it or leave it null"
+        )
     validate(cfg)
     if cfg.run_id is None:
         cfg.run_id = default_run_id(cfg)

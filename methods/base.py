@@ -72,6 +72,9 @@ class Method(nn.Module):
     """Thin base class; see the module docstring for the contract."""
 
     name: ClassVar[str] = "?"
+    # Augmented views of each image that `training_step` reads (TrainBatch.views); the trainer
+    # makes only these unless train.n_views asks for more.
+    views_per_image: ClassVar[int] = 2
 
     def __init__(self, config: MethodConfig, context: MethodContext):
         super().__init__()

@@ -1,7 +1,11 @@
 """`membank`: the instance memory bank of Wu et al. 2018, one slot per training image.
 
-Slots start as random unit vectors and are updated after each step with the (gathered, detached)
-embeddings of the batch: v_i <- normalize(m * v_i + (1 - m) * f_i), m = 0.5 as in the paper.
+Slots are updated after each step with the (gathered, detached) embeddings of the batch:
+v_i <- normalize(m * v_i + (1 - m) * f_i), m = 0.5 as in the paper. The paper starts the slots as
+random unit vectors (`bank_init: random`); then every positive of the first epoch is noise, and a
+budget of a few epochs spends its first one pulling images towards random points. Our default,
+`bank_init: encoder`, fills the slots at the first step with the untrained encoder's embeddings of
+the clean training images, so the positives mean something from step 0.
 Our choice: the loss is a softmax cross-entropy (positive = the image's own slot) over either the
 full bank or `num_negatives` uniformly sampled slots plus the positive, not the paper's NCE
 approximation. The sample is drawn from a generator seeded by (seed, step), so all ranks draw the
@@ -18,8 +22,8 @@ from torch import nn
 
 from harness.errors import ConfigError
 from methods.backbone import Encoder
-from methods.base import Method, MethodConfig, MethodContext, TrainBatch
-from methods.distributed import gather_no_grad
+from methods.base import Method, MethodConfig, MethodContext, TrainBatch, TrainContext
+from methods.distributed import broadcast_, gather_no_grad
 from methods.losses import bank_info_nce
 from methods.registry import register_method
 
@@ -31,6 +35,7 @@ class MemoryBankConfig(MethodConfig):
     num_negatives: int | None = 4096  # None: softmax over the full bank
     seed: int = 0
     chunk_size: int = 4096
+    bank_init: str = "encoder"  # "encoder" (ours) or "random" (the paper's); see the module doc
 
 
 class InstanceBank(nn.Module):
@@ -49,9 +54,14 @@ class InstanceBank(nn.Module):
         self.slots[indices] = F.normalize(mixed, dim=1)
 
 
+BANK_INITS = ("encoder", "random")
+
+
 @register_method("membank", MemoryBankConfig)
 class MemoryBank(Method):
     """Memory bank (Wu et al. 2018): one slot per training image, momentum-updated negatives."""
+
+    views_per_image = 1
 
     def __init__(self, config: MemoryBankConfig, context: MethodContext):
         super().__init__(config, context)
@@ -75,8 +85,25 @@ class MemoryBank(Method):
             )
         if config.chunk_size < 1:
             raise ConfigError(f"membank.chunk_size must be >= 1, got {config.chunk_size}")
+        if config.bank_init not in BANK_INITS:
+            raise ConfigError(
+                f"membank.bank_init must be one of {BANK_INITS}, got {config.bank_init!r}"
+            )
         self.encoder = Encoder(context)
         self.bank = InstanceBank(context.num_train_images, context.embedding_dim, seed=config.seed)
+
+    def on_train_start(self, ctx: TrainContext, step: int) -> None:
+        # Only a fresh run fills the bank: a resumed one restores its slots from the checkpoint.
+        if step > 0 or self.config.bank_init != "encoder":
+            return
+
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            self.encoder.eval()
+            return self.encoder(images)
+
+        slots = ctx.encode_training_set(encode, view="clean")
+        self.bank.slots.copy_(broadcast_(slots.to(self.bank.slots)))
+        self.encoder.train()
 
     def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         embedding = self.encoder(batch.views[0])

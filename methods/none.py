@@ -28,6 +28,8 @@ class NoneConfig(MethodConfig):
 class NoTraining(Method):
     """No training: the randomly initialised backbone (+ fixed random projection) as the descriptor."""
 
+    views_per_image = 0
+
     def __init__(self, config: NoneConfig, context: MethodContext):
         super().__init__(config, context)
         if config.projection not in PROJECTIONS:

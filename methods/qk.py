@@ -120,6 +120,8 @@ def _check(config: QKConfig, context: MethodContext) -> None:
 class QKIteration(Method):
     """QK iteration: Q/K phases, one side's backbone frozen and cached, all N negatives every step."""
 
+    views_per_image = 1
+
     def __init__(self, config: QKConfig, context: MethodContext):
         super().__init__(config, context)
         _check(config, context)

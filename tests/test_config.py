@@ -166,5 +166,17 @@ def test_shipped_method_files_hold_only_their_method_section_and_share_the_proto
         assert set(yaml.safe_load(path.read_text()) or {}) <= {name}, path
         d = config_to_dict(resolve_config(name))
         shared = {k: d[k] for k in ("data", "model", "augment", "train", "eval", "seed")}
+        # How many views to make is the method's need (views_per_image), not a protocol choice.
+        assert (
+            shared["train"].pop("n_views") == get_method(name).cls.views_per_image or name == "none"
+        )
         protocol = protocol or shared
         assert shared == protocol, f"{name} runs under another protocol"
+
+
+def test_views_default_to_what_the_method_reads_and_fewer_is_an_error():
+    assert resolve_config("qk").train.n_views == 1
+    assert resolve_config("simclr").train.n_views == 2
+    assert resolve_config("membank", overrides=["train.n_views=3"]).train.n_views == 3
+    with pytest.raises(ConfigError, match="n_views is 1, but simclr reads 2"):
+        resolve_config("simclr", overrides=["train.n_views=1"])

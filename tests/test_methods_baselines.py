@@ -8,6 +8,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from test_methods_support import (  # noqa: F401  (one_thread: autouse fixture)
+    FakeTrainer,
     build,
     images,
     make_batch,
@@ -129,3 +130,22 @@ def test_moco_queue_smaller_than_a_batch_keeps_the_newest_keys():
     assert int(queue.pointer) == 0
     queue.enqueue(keys[:1])
     assert torch.equal(queue.keys, torch.cat([keys[:1], keys[3:]]))
+
+
+def test_membank_encoder_init_fills_every_slot_at_a_fresh_start_only():
+    data = images(24)
+    method = build("membank", MemoryBankConfig(num_negatives=5, bank_init="encoder"))
+    random_slots = method.bank.slots.clone()
+    trainer = FakeTrainer(data, total_steps=3)
+    method.on_train_start(trainer.ctx, 0)
+    assert trainer.encode_calls == ["clean"] and method.training  # back in train mode
+    with torch.no_grad():
+        expected = method.encoder.eval()(data)
+    torch.testing.assert_close(method.bank.slots, expected)
+    # A resumed run keeps the slots its checkpoint restored; "random" is the paper's start.
+    restored = method.bank.slots.clone()
+    method.on_train_start(trainer.ctx, 2)
+    torch.testing.assert_close(method.bank.slots, restored)
+    paper = build("membank", MemoryBankConfig(num_negatives=5, bank_init="random"))
+    paper.on_train_start(FakeTrainer(data, total_steps=3).ctx, 0)
+    torch.testing.assert_close(paper.bank.slots, random_slots)
