@@ -125,6 +125,7 @@ def build_method(cfg: RunConfig, n_training: int, device: torch.device):
         backbone=cfg.model.backbone,
         embedding_dim=cfg.model.embedding_dim,
         image_size=cfg.model.image_size,
+        head_batch_norm=cfg.model.head_batch_norm,
         num_train_images=n_training,
         device=device,
         world_size=world_size,

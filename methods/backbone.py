@@ -23,9 +23,15 @@ def build_backbone(context: MethodContext) -> tuple[nn.Module, int]:
 def build_head(
     input_dim: int, output_dim: int, *, hidden_dim: int | None = None, batch_norm: bool = False
 ) -> nn.Module:
-    """Two-layer MLP projection head (lightly's). No BatchNorm by default: a head that is applied
-    chunk by chunk to cached features (QK) or split across ranks must not depend on batch
-    statistics."""
+    """Two-layer MLP projection head (lightly's), with BatchNorm after the hidden layer if asked.
+
+    Why the protocol asks for it (`model.head_batch_norm`): a randomly initialised ResNet gives
+    every image nearly the same embedding (mean cosine 0.98 between training images on the
+    mini-DISC), so at first all logits of a contrastive loss are alike and the large-bank methods
+    barely move in a short budget; the head's BatchNorm centres the embeddings from step 0.
+    The price: the head's output depends on batch statistics, per rank under multi-process
+    training (as the backbone's BatchNorm already does) and, for QK's trainable frozen-side head,
+    per chunk of the bank when the whole bank does not fit `head_memory_mb` (methods/losses.py)."""
     hidden_dim = hidden_dim or input_dim
     if batch_norm:
         return SimCLRProjectionHead(input_dim, hidden_dim, output_dim, batch_norm=True)
@@ -35,11 +41,13 @@ def build_head(
 class Encoder(nn.Module):
     """Backbone followed by a projection head; `forward` returns L2-normalized embeddings."""
 
-    def __init__(self, context: MethodContext, *, head_batch_norm: bool = False):
+    def __init__(self, context: MethodContext):
         super().__init__()
         check_embedding_dim(context)
         self.backbone, self.feature_dim = build_backbone(context)
-        self.head = build_head(self.feature_dim, context.embedding_dim, batch_norm=head_batch_norm)
+        self.head = build_head(
+            self.feature_dim, context.embedding_dim, batch_norm=context.head_batch_norm
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.head(self.backbone(images)), dim=1)

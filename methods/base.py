@@ -40,6 +40,7 @@ class MethodContext:
     backbone: str = "resnet18"  # any timm model name; built with pretrained=False, num_classes=0
     embedding_dim: int = 128  # descriptor dimension (<= 256 for the ISC descriptor track)
     image_size: int = 64
+    head_batch_norm: bool = False  # BatchNorm in the projection head (methods/backbone.py)
     num_train_images: int = 0  # size of the training set (membank slots, QK negatives)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     world_size: int = 1

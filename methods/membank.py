@@ -98,12 +98,14 @@ class MemoryBank(Method):
             return
 
         def encode(images: torch.Tensor) -> torch.Tensor:
-            self.encoder.eval()
+            # Train mode: BatchNorm normalizes with batch statistics, as in the training step
+            # whose embeddings the slots are compared with (eval mode at step 0 would use the
+            # initial running statistics and give differently scaled slots).
+            self.encoder.train()
             return self.encoder(images)
 
         slots = ctx.encode_training_set(encode, view="clean")
         self.bank.slots.copy_(broadcast_(slots.to(self.bank.slots)))
-        self.encoder.train()
 
     def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         embedding = self.encoder(batch.views[0])

@@ -51,5 +51,7 @@ def create_method(name: str, config, context):
     if config is None:
         config = entry.config_cls()
     if not isinstance(config, entry.config_cls):
-        raise ConfigError(f"method {name!r} needs a {entry.config_cls.__name__}, got {type(config).__name__}")
+        raise ConfigError(
+            f"method {name!r} needs a {entry.config_cls.__name__}, got {type(config).__name__}"
+        )
     return entry.cls(config, context)

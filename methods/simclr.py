@@ -16,9 +16,6 @@ from methods.registry import register_method
 @dataclass
 class SimCLRConfig(MethodConfig):
     temperature: float = 0.2
-    # lightly's head has BatchNorm in SimCLR v2 style; off by default so the loss does not depend
-    # on how the batch is split over ranks (and matches SimCLR v1's head).
-    head_batch_norm: bool = False
 
 
 @register_method("simclr", SimCLRConfig)
@@ -29,7 +26,7 @@ class SimCLR(Method):
         super().__init__(config, context)
         if not config.temperature > 0:
             raise ConfigError(f"simclr.temperature must be > 0, got {config.temperature}")
-        self.encoder = Encoder(context, head_batch_norm=config.head_batch_norm)
+        self.encoder = Encoder(context)
         # gather_distributed: negatives from every rank; lightly's GatherLayer sums the gradient
         # over ranks in backward, which the trainer's gradient averaging turns into the gradient
         # of the global mean loss (checked by tests/test_methods_distributed.py).

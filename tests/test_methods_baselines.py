@@ -138,9 +138,12 @@ def test_membank_encoder_init_fills_every_slot_at_a_fresh_start_only():
     random_slots = method.bank.slots.clone()
     trainer = FakeTrainer(data, total_steps=3)
     method.on_train_start(trainer.ctx, 0)
-    assert trainer.encode_calls == ["clean"] and method.training  # back in train mode
+    assert trainer.encode_calls == ["clean"] and method.training
+    # The slots are train-mode embeddings of the clean images, batch by batch as the trainer
+    # delivers them (FakeTrainer: batches of 5).
+    reference = copy.deepcopy(method.encoder).train()
     with torch.no_grad():
-        expected = method.encoder.eval()(data)
+        expected = torch.cat([reference(data[i : i + 5]) for i in range(0, len(data), 5)])
     torch.testing.assert_close(method.bank.slots, expected)
     # A resumed run keeps the slots its checkpoint restored; "random" is the paper's start.
     restored = method.bank.slots.clone()

@@ -216,14 +216,20 @@ class BareLoop:
         import timm
         import torch
         from lightly.loss import NTXentLoss
-        from lightly.models.modules import MoCoProjectionHead
+        from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
 
         self.method, self.cfg, self.device = method, cfg, device
         mc = cfg.method_config
         dim = cfg.model.embedding_dim
         backbone = timm.create_model(cfg.model.backbone, pretrained=False, num_classes=0)
         width = backbone.num_features
-        head = MoCoProjectionHead(width, width, dim)
+
+        def lightly_head():  # the protocol's head (methods/backbone.py builds the same)
+            if cfg.model.head_batch_norm:
+                return SimCLRProjectionHead(width, width, dim, batch_norm=True)
+            return MoCoProjectionHead(width, width, dim)
+
+        head = lightly_head()
         self.model = torch.nn.Sequential(OrderedDict(backbone=backbone, head=head)).to(device)
         params = list(self.model.parameters())
         if method == "simclr":
@@ -237,7 +243,7 @@ class BareLoop:
             self.slots = torch.nn.functional.normalize(torch.randn(n_train, dim), dim=1).to(device)
         elif method == "qk":
             # The trained side's encoder, the frozen side's trainable head and its cached features.
-            self.frozen_head = MoCoProjectionHead(width, width, dim).to(device)
+            self.frozen_head = lightly_head().to(device)
             params += list(self.frozen_head.parameters())
             self.cache = torch.randn(n_train, width).to(device)
         else:
