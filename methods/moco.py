@@ -32,6 +32,10 @@ class MoCoConfig(MethodConfig):
     momentum: float = 0.99
     temperature: float = 0.2
     chunk_size: int = 4096
+    # Symmetrized loss (MoCo v3, and lightly's MoCo benchmarks): each view is a query once, with
+    # the other view's key as its positive; both directions score against the queue as it was
+    # before the step, and both key batches are enqueued. False: MoCo v2's single direction.
+    symmetric: bool = False
 
 
 class KeyQueue(nn.Module):
@@ -76,10 +80,14 @@ class MoCo(Method):
     def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if len(batch.views) < 2:
             raise ValueError("moco needs two augmented views per image")
-        query = self.query_encoder(batch.views[0])
+        query_views, key_views = batch.views[0], batch.views[1]
+        if self.config.symmetric:  # one pass over both views each way: each view is a query once
+            query_views = torch.cat([batch.views[0], batch.views[1]])
+            key_views = torch.cat([batch.views[1], batch.views[0]])
+        query = self.query_encoder(query_views)
         with torch.no_grad():
             update_momentum(self.query_encoder, self.key_encoder, m=self.config.momentum)
-            key = self.key_encoder(batch.views[1])
+            key = self.key_encoder(key_views)
         loss = bank_info_nce(
             query,
             self.queue.keys,

@@ -20,6 +20,10 @@ each such choice is a config option (see QKConfig):
   key of image i. With `train_frozen_head` (default) the frozen side's head is trained as well: it is
   applied to the cached features chunk by chunk inside the loss (methods/losses.py), so the keys are
   always current; without it the head is applied once per phase and keys are cached instead.
+  With the protocol's head BatchNorm (`model.head_batch_norm`), the frozen head normalizes over
+  the whole negative set when its activations fit `losses.DEFAULT_HEAD_MEMORY_MB` (the default
+  5k-image set does), and over each chunk of `chunk_size` rows beyond that, like BatchNorm over
+  mini-batches.
 - `num_negatives` < training-set size draws a fixed random subset per phase (seeded by the phase);
   positives then come from the frozen side on the batch's clean images, and an image of the batch
   that is also in the subset appears among its own negatives (probability N / training-set size).

@@ -42,7 +42,7 @@ def test_simclr_loss_is_nt_xent_over_the_batch():
 
 
 def test_moco_loss_momentum_update_and_enqueue():
-    config = MoCoConfig(queue_size=12, momentum=0.9, temperature=0.2)
+    config = MoCoConfig(queue_size=12, momentum=0.9, temperature=0.2, symmetric=False)
     method = build("moco", config).eval()
     before = copy.deepcopy(method)
     data = images(24)
@@ -152,3 +152,25 @@ def test_membank_encoder_init_fills_every_slot_at_a_fresh_start_only():
     paper = build("membank", MemoryBankConfig(num_negatives=5, bank_init="random"))
     paper.on_train_start(FakeTrainer(data, total_steps=3).ctx, 0)
     torch.testing.assert_close(paper.bank.slots, random_slots)
+
+
+def test_moco_symmetric_loss_is_the_mean_of_both_directions_and_enqueues_both_key_sets():
+    config = MoCoConfig(queue_size=40, momentum=0.9, temperature=0.2, symmetric=True)
+    method = build("moco", config).eval()
+    batch = make_batch(images(24), 0)
+    queue = method.queue.keys.clone()
+    loss, _ = method.training_step(batch, 0)  # the key encoder has moved; recompute with it
+
+    def direction(query_view, key_view):
+        query = method.query_encoder(query_view)
+        key = method.key_encoder(key_view).detach()
+        logits = torch.cat([(query * key).sum(1, keepdim=True), query @ queue.T], 1) / 0.2
+        return F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long)), key
+
+    first, key_1 = direction(batch.views[0], batch.views[1])
+    second, key_0 = direction(batch.views[1], batch.views[0])
+    torch.testing.assert_close(loss, (first + second) / 2, rtol=1e-5, atol=1e-5)
+    n = len(batch.indices)
+    torch.testing.assert_close(method.queue.keys[:n], key_1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(method.queue.keys[n : 2 * n], key_0, rtol=1e-5, atol=1e-5)
+    assert int(method.queue.pointer) == 2 * n

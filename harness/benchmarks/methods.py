@@ -302,10 +302,14 @@ class BareLoop:
         if self.method == "simclr":
             return self.loss_fn(self.model(views[0]), self.model(views[1]))
         if self.method == "moco":
-            query = F.normalize(self.model(views[0]), dim=1)
+            query_views, key_views = views[0], views[1]
+            if mc.symmetric:  # both directions in one call: one softmax row per query
+                query_views = torch.cat([views[0], views[1]])
+                key_views = torch.cat([views[1], views[0]])
+            query = F.normalize(self.model(query_views), dim=1)
             with torch.no_grad():
                 update_momentum(self.model, self.key_model, m=mc.momentum)
-                key = F.normalize(self.key_model(views[1]), dim=1)
+                key = F.normalize(self.key_model(key_views), dim=1)
             return self.loss_fn(query, key)  # lightly's bank enqueues the keys
         query = F.normalize(self.model(views[0]), dim=1)
         if self.method == "membank":
