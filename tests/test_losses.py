@@ -186,3 +186,28 @@ def test_bad_arguments_raise():
         bank_info_nce(query, bank, 0.1)
     with pytest.raises(ValueError, match="chunk_size"):
         bank_info_nce(query, bank, 0.1, positive_index=torch.arange(B), chunk_size=0)
+
+
+@pytest.mark.parametrize(
+    "dtype, temperature",
+    [
+        (torch.float32, 0.025),  # bound |q| / T = 40: the last one without any shift
+        (torch.float32, 0.024),  # just past it: the running max
+        (torch.float16, 0.1),  # float16's narrow range: the fixed shift
+        (torch.bfloat16, 0.1),  # float32's range: no shift
+    ],
+)
+def test_each_log_sum_exp_path_matches_the_reference(dtype, temperature):
+    query = unit(B, D, seed=0).to(dtype).requires_grad_()
+    bank = unit(N, D, seed=1).to(dtype)
+    positive = torch.arange(B)
+    got = bank_info_nce(
+        query, bank, temperature, positive_index=positive, chunk_size=7, unit_keys=True
+    )
+    (got_grad,) = grads(got, [query])
+    exact = query.detach().double().requires_grad_()
+    want = reference(exact, bank.double(), temperature, positive_index=positive)
+    (want_grad,) = grads(want, [exact])
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]
+    torch.testing.assert_close(got.double(), want, atol=tolerance * 10, rtol=tolerance)
+    torch.testing.assert_close(got_grad.double(), want_grad, atol=tolerance, rtol=tolerance * 10)
