@@ -146,13 +146,14 @@ def extract_descriptors(
     progress: bool = True,
 ):
     """Descriptors of every image of `image_set`, described in `role`, as harness.isc.Descriptors."""
-    from harness.augment import eval_transform
+    from harness.augment import EvalTransform, normalize_batch
     from harness.data import ImageDataset
     from harness.isc import Descriptors
 
     cuda = device.type == "cuda"
     loader = DataLoader(
-        ImageDataset(image_set, eval_transform(cfg.model.image_size)),
+        # uint8 out of the workers, normalized per batch on the device (harness/augment.py)
+        ImageDataset(image_set, EvalTransform(cfg.model.image_size, normalize=False)),
         batch_size=cfg.eval.batch_size,
         num_workers=cfg.data.workers,
         pin_memory=cuda,
@@ -164,7 +165,8 @@ def extract_descriptors(
         for images, _, batch_ids in tqdm(
             loader, desc=f"describe {split}", unit="batch", disable=not progress
         ):
-            images = images.to(device, non_blocking=cuda, memory_format=fmt)
+            images = normalize_batch(images.to(device, non_blocking=cuda))
+            images = images.contiguous(memory_format=fmt)
             features.append(method.describe(images, role).float().cpu())
             ids.extend(batch_ids)
     matrix = torch.cat(features).numpy() if features else np.zeros((0, cfg.model.embedding_dim))

@@ -137,3 +137,16 @@ def test_eval_transform_matches_torchvision_chain(size):
     # Grayscale and palette images come out as three identical / converted channels.
     gray = eval_transform(64)(image.convert("L"))
     assert torch.allclose(gray[0] * 0.229 + 0.485, gray[1] * 0.224 + 0.456, atol=1e-5)
+
+
+def test_uint8_pixels_normalized_per_batch_equal_the_per_image_transform():
+    from harness.augment import EvalTransform, normalize_batch
+
+    rng = np.random.default_rng(5)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)) for i in range(4)
+    ]
+    pixels = torch.stack([EvalTransform(32, normalize=False)(image) for image in images])
+    assert pixels.dtype == torch.uint8 and pixels.shape == (4, 3, 32, 32)
+    per_image = torch.stack([eval_transform(32)(image) for image in images])
+    torch.testing.assert_close(normalize_batch(pixels), per_image)
