@@ -438,3 +438,16 @@ def submit_sweep_runs(
         for job in jobs:
             job.result()
     return jobs
+
+
+def wait_for_queued_runs(sweep_dir: Path, *, timeout_s: float, poll_s: float = 2.0):
+    """Poll `run_states` until no run is pending or running; HarnessError after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = run_states(sweep_dir)
+        busy = [s.run_id for s in states if s.state in ("pending", "running")]
+        if not busy:
+            return states
+        if time.monotonic() > deadline:
+            raise HarnessError(f"runs still queued after {timeout_s:.0f}s: {', '.join(busy)}")
+        time.sleep(poll_s)

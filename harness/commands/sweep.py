@@ -68,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         run_states,
         status_table,
         submit_sweep_runs,
+        wait_for_queued_runs,
     )
 
     spec = load_sweep_spec(args.sweep_file)
@@ -92,8 +93,12 @@ def main(args: argparse.Namespace) -> int:
     kept = len(states) - len(todo)
     if not todo:
         print(f"{sweep_dir}: nothing to submit ({kept} runs done or in the queue)")
+        if launcher != "slurm" or args.wait:
+            # Another sweep (or an earlier call) queued these runs: wait for them as if this
+            # call had submitted them, so the table below is final either way.
+            states = wait_for_queued_runs(sweep_dir, timeout_s=args.timeout)
         print(status_table(states))
-        return 0
+        return 1 if any(s.state == "failed" for s in states) else 0
     jobs = submit_sweep_runs(sweep_dir, todo, launcher=launcher, profile=profile)
     print(f"submitted {len(todo)} runs of {spec.name} ({launcher}, {kept} kept) -> {sweep_dir}")
     if launcher == "slurm" and jobs:
