@@ -136,6 +136,26 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
+def _kill_during(benchmark: Path, out: Path, text: str, output: Path, delay: float):
+    """Run, SIGKILL `delay` s after `text` shows on stderr, until a kill lands before the stage
+    writes `output` (its file identity unchanged; a missed attempt left one that the next must
+    not replace). Fast stages can end inside the delay: later attempts kill without it.
+
+    Returns the last attempt's Run and the indices of the attempts that landed too late."""
+    missed = []
+    for attempt in range(4):
+        before = _identity(output)
+        run = Run(_command(benchmark, out))
+        run.wait_for_text(text)
+        time.sleep(delay if attempt == 0 else 0.0)
+        run.kill()
+        assert not any(out.rglob("record.json")), "the run finished before the kill"
+        if _identity(output) == before:
+            return run, missed
+        missed.append(attempt)
+    raise AssertionError(f"every kill after {text!r} landed after {output.name} was written")
+
+
 def _without_speed(log: list[dict]) -> list[dict]:
     return [{k: v for k, v in line.items() if k != "images_per_s"} for line in log]
 
@@ -170,19 +190,9 @@ def test_sigkill_in_training_extraction_and_search_then_rerun_equals_uninterrupt
     # (descriptors written); such an attempt is retried without the delay, as for the search.
     split = rng.choice(["queries", "references", "training"])
     descriptors = run_dir / "descriptors.h5"
-    missed_extraction = []
-    for attempt in range(4):
-        before = _identity(descriptors)  # a missed attempt left one: the next must not replace it
-        run = Run(_command(tiny_benchmark, victim_out))
-        run.wait_for_text(f"describe {split}")
-        time.sleep(rng.uniform(0.0, 0.05) if attempt == 0 else 0.0)
-        run.kill()
-        assert not (run_dir / "record.json").exists(), "the run finished before the kill"
-        if _identity(descriptors) == before:
-            break
-        missed_extraction.append(attempt)
-    else:
-        raise AssertionError("every kill landed after the extraction")
+    run, missed_extraction = _kill_during(
+        tiny_benchmark, victim_out, f"describe {split}", descriptors, rng.uniform(0.0, 0.05)
+    )
     print(f"extraction kills that landed after the extraction (retried): {missed_extraction}")
     assert "train qk" in run.stderr  # it did resume training before extracting
     if not missed_extraction:
@@ -192,20 +202,13 @@ def test_sigkill_in_training_extraction_and_search_then_rerun_equals_uninterrupt
     # 3. Search: the capped search's progress bar is up, predictions not written yet. On this
     # tiny benchmark search and metrics take a few milliseconds, so a kill can land just after
     # them (predictions written, no record yet); such an attempt is retried without the delay.
-    missed = []
-    predictions = run_dir / "predictions.csv"
-    for attempt in range(4):
-        before = _identity(predictions)  # a missed attempt left one: the next must not replace it
-        run = Run(_command(tiny_benchmark, victim_out))
-        run.wait_for_text("capped search")
-        time.sleep(rng.uniform(0.0, 0.001) if attempt == 0 else 0.0)
-        run.kill()
-        assert not (run_dir / "record.json").exists(), "the run finished before the kill"
-        if _identity(predictions) == before:
-            break
-        missed.append(attempt)
-    else:
-        raise AssertionError("every kill landed after the search")
+    _, missed = _kill_during(
+        tiny_benchmark,
+        victim_out,
+        "capped search",
+        run_dir / "predictions.csv",
+        rng.uniform(0.0, 0.001),
+    )
     print(f"search kills that landed after the search (retried): {missed}")
     assert (run_dir / "descriptors.h5").exists()
 
