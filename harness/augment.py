@@ -15,6 +15,7 @@ every knob (the preset name included); `overrides` may change any of them and no
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -201,12 +202,8 @@ class EvalTransform:
     """
 
     def __init__(self, image_size: int, *, normalize: bool = True):
-        import torch
-
         self.image_size = image_size
         self.normalize = normalize
-        self.mean = torch.tensor(IMAGENET_NORMALIZE["mean"]).view(3, 1, 1) * 255
-        self.inv_std = 1 / (torch.tensor(IMAGENET_NORMALIZE["std"]).view(3, 1, 1) * 255)
 
     def __call__(self, image):
         import numpy as np
@@ -219,18 +216,24 @@ class EvalTransform:
         if image.size != size:
             image = image.resize(size, Image.BILINEAR)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        if not self.normalize:
-            return pixels
-        return (pixels.float() - self.mean) * self.inv_std
+        return normalize_batch(pixels) if self.normalize else pixels
 
     def __repr__(self) -> str:
         return f"EvalTransform(image_size={self.image_size}, normalize={self.normalize})"
 
 
 def normalize_batch(pixels):
-    """uint8 pixels (B, 3, H, W), on any device -> what `eval_transform` gives per image."""
+    """uint8 pixels (B, 3, H, W) or one image (3, H, W), on any device -> ImageNet-normalized
+    float32: what `eval_transform` gives per image."""
+    mean, inv_std = _normalization(pixels.device)
+    return (pixels.float() - mean) * inv_std
+
+
+@functools.lru_cache(maxsize=8)
+def _normalization(device):
+    """(mean, 1 / std) on the 0-255 scale, shaped (3, 1, 1), built once per device."""
     import torch
 
-    mean = torch.tensor(IMAGENET_NORMALIZE["mean"], device=pixels.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_NORMALIZE["std"], device=pixels.device).view(1, 3, 1, 1) * 255
-    return (pixels.float() - mean) * (1 / std)
+    mean = torch.tensor(IMAGENET_NORMALIZE["mean"], device=device).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_NORMALIZE["std"], device=device).view(3, 1, 1) * 255
+    return mean, 1 / std

@@ -216,20 +216,15 @@ class BareLoop:
         import timm
         import torch
         from lightly.loss import NTXentLoss
-        from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
+
+        from methods.backbone import build_head  # lightly's heads, as every method builds them
 
         self.method, self.cfg, self.device = method, cfg, device
         mc = cfg.method_config
         dim = cfg.model.embedding_dim
         backbone = timm.create_model(cfg.model.backbone, pretrained=False, num_classes=0)
         width = backbone.num_features
-
-        def lightly_head():  # the protocol's head (methods/backbone.py builds the same)
-            if cfg.model.head_batch_norm:
-                return SimCLRProjectionHead(width, width, dim, batch_norm=True)
-            return MoCoProjectionHead(width, width, dim)
-
-        head = lightly_head()
+        head = build_head(width, dim, batch_norm=cfg.model.head_batch_norm)
         self.model = torch.nn.Sequential(OrderedDict(backbone=backbone, head=head)).to(device)
         params = list(self.model.parameters())
         if method == "simclr":
@@ -243,7 +238,9 @@ class BareLoop:
             self.slots = torch.nn.functional.normalize(torch.randn(n_train, dim), dim=1).to(device)
         elif method == "qk":
             # The trained side's encoder, the frozen side's trainable head and its cached features.
-            self.frozen_head = lightly_head().to(device)
+            self.frozen_head = build_head(width, dim, batch_norm=cfg.model.head_batch_norm).to(
+                device
+            )
             params += list(self.frozen_head.parameters())
             self.cache = torch.randn(n_train, width).to(device)
         else:
