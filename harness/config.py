@@ -1,8 +1,14 @@
-"""Typed run configuration: dataclasses with the defaults, YAML files in `configs/`, `--set` overrides.
+"""Typed run configuration: dataclasses with the defaults, a YAML file, `--set` overrides.
 
-Precedence, lowest first: the dataclass defaults below, `configs/protocol.yaml` (shared by every
-method), `configs/methods/<method>.yaml`, an explicit `--config FILE`, then `--set key=value`
-overrides and the `--seed` / `--data` flags. Every layer is validated against the dataclasses: an
+The dataclasses below (and each method's registered config class) are the one source of defaults:
+together they are the default protocol, sized so that each method's full run (training,
+descriptors, search and metrics; the generated benchmark is cached after the first run) stays well
+inside 10 minutes on a 2-core CPU. Every method runs under the same protocol sections; compare
+methods by changing a protocol value for all of them (a `--config` file or `--set`), never per
+method. `python -m harness methods --config NAME` prints the resolved result.
+
+Precedence, lowest first: the defaults, an explicit `--config FILE` (e.g. a larger protocol for
+GPUs and DISC21), then `--set key=value` overrides and the `--seed` / `--data` flags. Every layer is validated against the dataclasses: an
 unknown key is an error naming the key and the valid ones, and a value of the wrong type is an
 error naming the key and the expected type.
 
@@ -30,9 +36,6 @@ import yaml
 from harness.atomic import atomic_write_text
 from harness.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-PROTOCOL_FILE = CONFIG_DIR / "protocol.yaml"
-METHOD_CONFIG_DIR = CONFIG_DIR / "methods"
 CONFIG_FILENAME = "config.yaml"
 RECORD_FILENAME = "record.json"
 
@@ -51,7 +54,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet10t"  # any timm model name, built with pretrained=False
+    # Any timm model name, built with pretrained=False. resnet10t: resnet18-class, ~2x faster than
+    # resnet18 on CPU.
+    backbone: str = "resnet10t"
     embedding_dim: int = 128  # descriptor dimension (<= 256 for the ISC descriptor track)
     image_size: int = 64
     # BatchNorm in every method's projection head (ours, measured: at 150 steps it lifted the
@@ -61,7 +66,9 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    preset: str = "copy-edit"  # a name from harness.augment; the record lists its full parameters
+    # A name from harness.augment (copy-edit: AugLy copy edits + a mild SimCLR view); the record
+    # lists its full parameters.
+    preset: str = "copy-edit"
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,7 +85,9 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 10  # linear warm-up from lr/warmup_steps, then the schedule
     budget_kind: Literal["steps", "images", "seconds"] = "steps"
-    budget_value: float = 500.0  # steps, training images seen (views not counted), or seconds
+    # Steps, training images seen (views not counted), or seconds. Equal cost = equal optimizer
+    # steps at the same global batch; 500 steps take 4-8 min per method on 2 cores.
+    budget_value: float = 500.0
     # Augmented views made per training image; null: as many as the method's training step
     # reads (`views_per_image`: 2 for SimCLR and MoCo, 1 for QK and the memory bank). A view
     # nobody reads would cost a full copy-edit augmentation per image for nothing.
@@ -234,16 +243,6 @@ def _build_dataclass(cls: type, values: dict[str, Any], where: str):
 # --- layering ----------------------------------------------------------------------------------
 
 
-def _deep_merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _load_yaml(path: Path) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -314,22 +313,18 @@ def resolve_config(
     seed: int | None = None,
     data: str | None = None,
 ) -> RunConfig:
-    """The run configuration for `method`: defaults, YAML layers, then overrides (see module doc)."""
+    """The run configuration for `method`: defaults, the YAML file, then overrides (module doc)."""
     _method_entry(method)  # an unknown method fails here, listing the registered ones
     tree: dict[str, Any] = {}
-    layers = [PROTOCOL_FILE, METHOD_CONFIG_DIR / f"{method}.yaml"]
-    for layer in layers:
-        if layer.is_file():
-            tree = _deep_merge(tree, _load_yaml(layer))
     if config_path is not None:
-        tree = _deep_merge(tree, _load_yaml(Path(config_path)))
+        tree = _load_yaml(Path(config_path))
     if tree.get("method", method) != method:
         raise ConfigError(
             f"{config_path}: the file is for method {tree['method']!r}, but --method is {method!r}"
         )
     tree["method"] = method
     if config_path is not None:
-        try:  # the built-in layers are valid, so an error here is the file's: name it
+        try:  # the defaults are valid, so an error here is the file's: name it
             config_from_dict(tree)
         except ConfigError as err:
             raise ConfigError(f"{config_path}: {err}") from None

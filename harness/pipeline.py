@@ -38,6 +38,7 @@ from harness.config import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.record import build_record, device_description, peak_memory_mb
+from harness.seeding import seed_everything
 from harness.train import (
     LOG_FILENAME,
     TrainData,
@@ -45,7 +46,6 @@ from harness.train import (
     amp_dtype,
     autocast,
     dist_info,
-    seed_everything,
     train,
 )
 
@@ -127,6 +127,7 @@ def build_method(cfg: RunConfig, n_training: int, device: torch.device):
         image_size=cfg.model.image_size,
         head_batch_norm=cfg.model.head_batch_norm,
         num_train_images=n_training,
+        seed=cfg.seed,
         device=device,
         world_size=world_size,
         rank=rank,

@@ -5,11 +5,9 @@ hooks Lightning does not have (QK's per-phase re-freezing and key caching), bit-
 full control of the RNG and data order, and submitit already owns SLURM signals (Lightning handling
 them too is a known source of lost jobs).
 
-Reproducibility: the sampler's order is a function of (seed, epoch), and every training item is
-augmented under its own seed, derived from (seed, step, position in the global batch). The data
-stream is therefore the same whatever the number of DataLoader workers, and a run resumed at step k
-sees exactly the batches the uninterrupted run saw. The global RNGs (dropout, negative sampling) are
-saved in each checkpoint.
+Reproducibility: the data stream and every seed come from harness/seeding.py, so a run resumed at
+step k sees exactly the batches the uninterrupted run saw. The global RNGs (dropout) are saved in
+each checkpoint.
 
 DDP: each rank takes its slice of the global batch; gradients are averaged across ranks by an
 all-reduce after `backward`, as DistributedDataParallel would (a plain wrapper cannot be used because
@@ -25,7 +23,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +31,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from harness.atomic import atomic_torch_save, atomic_write_text
 from harness.config import TrainConfig
 from harness.errors import ConfigError, HarnessError
+from harness.seeding import (
+    STREAM_ENCODE,
+    STREAM_LOADER,
+    SeededItems,
+    StepBatchSampler,
+    derive_seeds,
+)
 from methods.base import Method, TrainBatch, TrainContext
 
 CHECKPOINT_FORMAT = 1
@@ -48,117 +53,6 @@ CHECKPOINT_PATH = Path("checkpoints") / "last.pt"
 
 class TrainingDiverged(HarnessError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# --- seeds ----------------------------------------------------------------------------------
-
-
-def derive_seeds(*key: int, count: int = 1) -> np.ndarray:
-    """`count` independent 63-bit seeds that are a pure function of the integers in `key`."""
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(count, dtype=np.uint64)
-    return (state >> np.uint64(1)).astype(np.int64)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(int(derive_seeds(seed, 1)[0]) % 2**32)
-    torch.manual_seed(seed)
-
-
-# Stream tags keep the seeds of different uses apart.
-_STREAM_BATCH, _STREAM_ORDER, _STREAM_ENCODE, _STREAM_LOADER = 11, 12, 13, 14
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed python, numpy and torch for one item; in the main process, restore them afterwards."""
-    in_worker = get_worker_info() is not None
-    if not in_worker:
-        saved = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[], enabled=not in_worker):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        # The CPU generator only: item transforms run on the CPU, and torch.manual_seed would also
-        # queue a lazy CUDA seeding that formats a stack trace per call (~2 ms per item).
-        torch.default_generator.manual_seed(seed)
-        yield
-    if not in_worker:
-        random.setstate(saved[0])
-        np.random.set_state(saved[1])
-
-
-class SeededItems(Dataset):
-    """Wraps a dataset so that `dataset[(index, seed)]` computes item `index` under `seed`."""
-
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
-        with _seeded(int(seed)):
-            return self.dataset[int(index)]
-
-
-class StepBatchSampler(Sampler):
-    """Batches of (index, item seed) for global steps `start_step`, `start_step + 1`, ...
-
-    Epoch e visits the training set in a permutation drawn from (seed, e), in `len // batch_size`
-    full batches; rank r of `world_size` gets the r-th slice of each global batch. With
-    `end_step=None` the stream never ends (wall-clock budgets stop it).
-    """
-
-    def __init__(
-        self,
-        n_items: int,
-        batch_size: int,
-        seed: int,
-        *,
-        start_step: int = 0,
-        end_step: int | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ):
-        if batch_size > n_items:
-            raise ConfigError(
-                f"train.batch_size ({batch_size}) is larger than the training set ({n_items} images)"
-            )
-        if batch_size % world_size:
-            raise ConfigError(
-                f"train.batch_size ({batch_size}) must divide evenly over {world_size} ranks"
-            )
-        self.n_items = n_items
-        self.batch_size = batch_size
-        self.seed = seed
-        self.start_step = start_step
-        self.end_step = end_step
-        self.rank = rank
-        self.world_size = world_size
-        self.batches_per_epoch = n_items // batch_size
-
-    def global_batch(self, step: int) -> np.ndarray:
-        """The training-set indices of global step `step` (all ranks)."""
-        epoch, position = divmod(step, self.batches_per_epoch)
-        order_seed = int(derive_seeds(self.seed, _STREAM_ORDER, epoch)[0])
-        order = np.random.default_rng(order_seed).permutation(self.n_items)
-        return order[position * self.batch_size : (position + 1) * self.batch_size]
-
-    def __len__(self) -> int:
-        if self.end_step is None:
-            raise TypeError("an unbounded StepBatchSampler has no length")
-        return max(0, self.end_step - self.start_step)
-
-    def __iter__(self):
-        step = self.start_step
-        local = self.batch_size // self.world_size
-        lo, hi = self.rank * local, (self.rank + 1) * local
-        while self.end_step is None or step < self.end_step:
-            indices = self.global_batch(step)
-            seeds = derive_seeds(self.seed, _STREAM_BATCH, step, count=self.batch_size)
-            yield list(zip(indices[lo:hi].tolist(), seeds[lo:hi].tolist(), strict=True))
-            step += 1
 
 
 # --- schedule and budget ----------------------------------------------------------------------
@@ -398,7 +292,7 @@ class Trainer:
             raise ValueError(f"view must be 'clean' or 'augmented', got {view!r}")
         dataset = self.data.clean if view == "clean" else self.data.augmented
         n = len(dataset)
-        seeds = derive_seeds(self.seed, _STREAM_ENCODE, seed_key, count=n)
+        seeds = derive_seeds(self.seed, STREAM_ENCODE, seed_key, count=n)
         keys = list(zip(range(n), seeds.tolist(), strict=True))
         loader = DataLoader(
             SeededItems(dataset),
@@ -574,7 +468,7 @@ class Trainer:
             pin_memory=self.cuda,
             # A dedicated generator: creating the iterator must not consume the global torch RNG.
             generator=torch.Generator().manual_seed(
-                int(derive_seeds(self.seed, _STREAM_LOADER)[0])
+                int(derive_seeds(self.seed, STREAM_LOADER)[0])
             ),
             persistent_workers=False,
         )

@@ -25,6 +25,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from harness.seeding import method_generator
+
 Role = Literal["query", "reference"]
 
 
@@ -35,16 +37,27 @@ class MethodConfig:
 
 @dataclass
 class MethodContext:
-    """What the shared protocol fixes for every method (identical across methods)."""
+    """What the shared protocol fixes for every method (identical across methods).
 
-    backbone: str = "resnet18"  # any timm model name; built with pretrained=False, num_classes=0
-    embedding_dim: int = 128  # descriptor dimension (<= 256 for the ISC descriptor track)
-    image_size: int = 64
-    head_batch_norm: bool = False  # BatchNorm in the projection head (methods/backbone.py)
-    num_train_images: int = 0  # size of the training set (membank slots, QK negatives)
+    The protocol's values come from the run config (harness/config.py, the one source of defaults;
+    `harness.pipeline.build_method` fills this in), so the protocol fields carry no defaults here.
+    """
+
+    backbone: str  # any timm model name; built with pretrained=False, num_classes=0
+    embedding_dim: int  # descriptor dimension (<= 256 for the ISC descriptor track)
+    image_size: int
+    head_batch_norm: bool  # BatchNorm in the projection head (methods/backbone.py)
+    num_train_images: int  # size of the training set (membank slots, QK negatives)
+    seed: int  # the run seed: every random choice a method makes derives from it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     world_size: int = 1
     rank: int = 0
+
+    def generator(self, name: str, *counters: int) -> torch.Generator:
+        """A CPU generator for the random choice `name` ("membank.negatives") at `counters` (a
+        step, a phase): a pure function of (run seed, name, counters), see harness/seeding.py. All
+        ranks draw the same values, and a resumed run draws what the uninterrupted one would."""
+        return method_generator(self.seed, name, *counters)
 
 
 @dataclass

@@ -8,8 +8,9 @@ budget of a few epochs spends its first one pulling images towards random points
 the clean training images, so the positives mean something from step 0.
 Our choice: the loss is a softmax cross-entropy (positive = the image's own slot) over either the
 full bank or `num_negatives` uniformly sampled slots plus the positive, not the paper's NCE
-approximation. The sample is drawn from a generator seeded by (seed, step), so all ranks draw the
-same negatives and a resumed run draws what the uninterrupted one would have.
+approximation. The sample is drawn from the run seed's "membank.negatives" generator at the step
+(`MethodContext.generator`), so all ranks draw the same negatives, a resumed run draws what the
+uninterrupted one would have, and two seeds draw different ones.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ class MemoryBankConfig(MethodConfig):
     temperature: float = 0.07
     bank_momentum: float = 0.5
     num_negatives: int | None = 4096  # None: softmax over the full bank
-    seed: int = 0
     chunk_size: int = 4096
     bank_init: str = "encoder"  # "encoder" (ours) or "random" (the paper's); see the module doc
 
@@ -41,9 +41,8 @@ class MemoryBankConfig(MethodConfig):
 class InstanceBank(nn.Module):
     """One L2-normalized slot per training image (a persistent buffer, so checkpoints hold it)."""
 
-    def __init__(self, size: int, dim: int, seed: int = 0):
+    def __init__(self, size: int, dim: int, generator: torch.Generator):
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
         self.register_buffer(
             "slots", F.normalize(torch.randn(size, dim, generator=generator), dim=1)
         )
@@ -90,7 +89,11 @@ class MemoryBank(Method):
                 f"membank.bank_init must be one of {BANK_INITS}, got {config.bank_init!r}"
             )
         self.encoder = Encoder(context)
-        self.bank = InstanceBank(context.num_train_images, context.embedding_dim, seed=config.seed)
+        self.bank = InstanceBank(
+            context.num_train_images,
+            context.embedding_dim,
+            context.generator("membank.bank_init"),
+        )
 
     def on_train_start(self, ctx: TrainContext, step: int) -> None:
         # Only a fresh run fills the bank: a resumed one restores its slots from the checkpoint.
@@ -121,8 +124,7 @@ class MemoryBank(Method):
                 unit_keys=True,
             )
         else:
-            generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-            sample = torch.randint(len(slots), (self.config.num_negatives,), generator=generator)
+            sample = self.negative_sample(step)
             loss = bank_info_nce(
                 embedding,
                 slots[sample.to(slots.device)],
@@ -135,6 +137,13 @@ class MemoryBank(Method):
             gather_no_grad(indices), gather_no_grad(embedding), self.config.bank_momentum
         )
         return loss, {"loss": float(loss.detach())}
+
+    def negative_sample(self, step: int) -> torch.Tensor:
+        """The slots sampled as negatives at `step` (with replacement, `num_negatives` of them)."""
+        generator = self.context.generator("membank.negatives", step)
+        return torch.randint(
+            len(self.bank.slots), (self.config.num_negatives,), generator=generator
+        )
 
     @torch.no_grad()
     def describe(self, images, role):

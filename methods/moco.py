@@ -26,8 +26,8 @@ from methods.registry import register_method
 
 @dataclass
 class MoCoConfig(MethodConfig):
-    # MoCo v2 uses 65,536 keys and momentum 0.999; the defaults suit the ~5k-image CPU run
-    # (a queue larger than the training set would hold several keys of each image).
+    # MoCo v2 uses 65,536 keys and momentum 0.999; the defaults suit the short ~5k-image CPU run
+    # (momentum 0.99; a queue larger than the training set would hold several keys of each image).
     queue_size: int = 4096
     momentum: float = 0.99
     temperature: float = 0.2
@@ -35,15 +35,16 @@ class MoCoConfig(MethodConfig):
     # Symmetrized loss (MoCo v3, and lightly's MoCo benchmarks): each view is a query once, with
     # the other view's key as its positive; both directions score against the queue as it was
     # before the step, and both key batches are enqueued. False: MoCo v2's single direction.
-    symmetric: bool = False
+    # Ours: at 500 steps MoCo v2's one direction reached µAP 0.378, level with the untrained
+    # `none` (0.374); symmetrized, 0.454.
+    symmetric: bool = True
 
 
 class KeyQueue(nn.Module):
     """FIFO queue of L2-normalized keys; the keys and write pointer are checkpointed."""
 
-    def __init__(self, size: int, dim: int, seed: int = 0):
+    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
         self.register_buffer(
             "keys", F.normalize(torch.randn(size, dim, generator=generator), dim=1)
         )
@@ -75,7 +76,9 @@ class MoCo(Method):
         self.query_encoder = Encoder(context)
         self.key_encoder = copy.deepcopy(self.query_encoder)
         set_trainable(self.key_encoder, False)
-        self.queue = KeyQueue(config.queue_size, context.embedding_dim)
+        self.queue = KeyQueue(
+            config.queue_size, context.embedding_dim, context.generator("moco.queue_init")
+        )
 
     def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if len(batch.views) < 2:
@@ -96,8 +99,11 @@ class MoCo(Method):
             chunk_size=self.config.chunk_size,
             unit_keys=True,
         )
-        # Enqueue after the loss: this batch's keys are negatives from the next step on.
-        self.queue.enqueue(gather_no_grad(key))
+        # Enqueue after the loss: this batch's keys are negatives from the next step on. Each
+        # view's keys are gathered on their own, so the queue holds the global batch in the same
+        # order whatever the number of ranks (one gather of [v1; v0] would interleave the ranks).
+        views = key.chunk(2) if self.config.symmetric else (key,)
+        self.queue.enqueue(torch.cat([gather_no_grad(keys) for keys in views]))
         return loss, {"loss": float(loss.detach())}
 
     @torch.no_grad()

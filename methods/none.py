@@ -17,11 +17,10 @@ PROJECTIONS = ("random", "identity")
 
 @dataclass
 class NoneConfig(MethodConfig):
-    # Our choice: backbone features are wider than the ISC limit (512 for resnet18), so by default a
-    # fixed Gaussian random projection (seeded, saved with the model) maps them to embedding_dim;
-    # "identity" keeps the raw pooled features.
+    # Our choice: backbone features are wider than the ISC limit (512 for resnet18), so by default
+    # a fixed Gaussian random projection (drawn from the run seed, saved with the model) maps them
+    # to embedding_dim; "identity" keeps the raw pooled features.
     projection: str = "random"
-    projection_seed: int = 0
 
 
 @register_method("none", NoneConfig)
@@ -38,7 +37,7 @@ class NoTraining(Method):
             )
         self.backbone, feature_dim = build_backbone(context)
         if config.projection == "random":
-            generator = torch.Generator().manual_seed(config.projection_seed)
+            generator = context.generator("none.projection")
             matrix = torch.randn(feature_dim, context.embedding_dim, generator=generator)
             self.register_buffer("projection", matrix / context.embedding_dim**0.5)
         else:

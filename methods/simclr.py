@@ -15,7 +15,7 @@ from methods.registry import register_method
 
 @dataclass
 class SimCLRConfig(MethodConfig):
-    temperature: float = 0.2
+    temperature: float = 0.2  # NT-Xent over the 2B - 2 in-batch negatives
 
 
 @register_method("simclr", SimCLRConfig)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from harness.config import (
-    METHOD_CONFIG_DIR,
     RunConfig,
     config_from_dict,
     config_to_dict,
@@ -19,6 +20,8 @@ from harness.config import (
 )
 from harness.errors import ConfigError
 from methods import get_method, list_methods
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_method_resolves_with_its_registered_config_class():
@@ -158,13 +161,14 @@ def test_prepare_run_dir_writes_config_resumes_and_refuses_finished_runs(tmp_pat
     assert load_run_config(run_dir) == cfg
 
 
-def test_shipped_method_files_hold_only_their_method_section_and_share_the_protocol():
+def test_every_method_runs_under_one_protocol_from_one_source_of_defaults():
+    # The dataclasses are the only home of defaults: no YAML layer sits under the user's files.
+    assert not (REPO_ROOT / "configs" / "protocol.yaml").exists()
+    assert not (REPO_ROOT / "configs" / "methods").exists()
     protocol = None
     for name in list_methods():
-        path = METHOD_CONFIG_DIR / f"{name}.yaml"
-        assert path.is_file(), f"configs/methods/{name}.yaml is missing"
-        assert set(yaml.safe_load(path.read_text()) or {}) <= {name}, path
         d = config_to_dict(resolve_config(name))
+        assert d[name] == dataclasses.asdict(get_method(name).config_cls()), name
         shared = {k: d[k] for k in ("data", "model", "augment", "train", "eval", "seed")}
         # How many views to make is the method's need (views_per_image), not a protocol choice.
         assert (

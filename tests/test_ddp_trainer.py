@@ -78,7 +78,9 @@ def run_methods(out_dir: Path, rank: int, world_size: int) -> None:
                 backbone="test_convnext",
                 embedding_dim=16,
                 image_size=SIZE,
+                head_batch_norm=False,
                 num_train_images=N_IMAGES,
+                seed=0,
                 world_size=world_size,
                 rank=rank,
             )

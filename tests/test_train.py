@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from harness.config import TrainConfig
 from harness.errors import ConfigError
+from harness.seeding import StepBatchSampler
 from harness.train import (
-    StepBatchSampler,
     TrainData,
     TrainingDiverged,
     lr_factor,
@@ -106,7 +106,15 @@ def toy_data() -> TrainData:
 
 def make_method(**config) -> ToyMethod:
     torch.manual_seed(0)
-    return ToyMethod(ToyConfig(**config), MethodContext(num_train_images=N_IMAGES))
+    context = MethodContext(
+        backbone="test_resnet",
+        embedding_dim=16,
+        image_size=32,
+        head_batch_norm=False,
+        num_train_images=N_IMAGES,
+        seed=0,
+    )
+    return ToyMethod(ToyConfig(**config), context)
 
 
 def cfg(**overrides) -> TrainConfig:

@@ -60,7 +60,7 @@ class Setting:
     extract_batch: int  # images per extraction batch (eval.batch_size)
 
 
-# The protocol's model and batch (configs/protocol.yaml) and its 5,000-image training set.
+# The protocol's model and batch (the defaults in harness/config.py) and its 5,000-image training set.
 FULL = Setting(
     "resnet10t", 64, 64, 5_000, steps=3, rounds=5, n_files=2_000, workers=2, extract_batch=128
 )

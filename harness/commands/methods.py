@@ -8,7 +8,7 @@ NAME = "methods"
 HELP = "list the registered methods (or print one method's default config)"
 DESCRIPTION = """\
 List every registered method with its one-line summary, or print the full default run config of
-one method (configs/protocol.yaml + configs/methods/<name>.yaml over the built-in defaults), the
+one method (the protocol's defaults from harness/config.py and the method's own), the
 starting point for --config files and --set overrides.
 
   python -m harness methods

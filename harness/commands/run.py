@@ -20,8 +20,8 @@ training-set score normalization, and write results/<run-id>/:
   pr_curve.npz           precision/recall curves      train_log.jsonl   one JSON line per step
   checkpoints/last.pt    model, optimizer, schedule, bank/queue/phase and RNG state
 
-Configuration, lowest precedence first: the defaults in harness/config.py, configs/protocol.yaml,
-configs/methods/<method>.yaml, --config FILE, then --set / --seed / --data.
+Configuration, lowest precedence first: the defaults (harness/config.py and the method's config
+class, the one source of defaults), --config FILE, then --set / --seed / --data.
 
   python -m harness run --method qk                        # default budget, generated mini-DISC
   python -m harness run --method moco --set moco.queue_size=1024 --set train.lr=0.03 --seed 1
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="a YAML file layered over configs/protocol.yaml and configs/methods/<method>.yaml",
+        help="a YAML file layered over the defaults (`methods --config NAME` prints them)",
     )
     parser.add_argument(
         "--set",
