@@ -4,7 +4,7 @@ Every figure is sized for one paper column (3.3 in wide), saved as PNG (200 dpi)
 in black and white: methods differ by marker, line style and hatch, not only by colour, and the
 heatmap uses a grey scale with printed values.
 
-    paths = write_figures(runs, summary, out_dir, edit_summary=..., pr_curves=...)
+    paths = write_figures(runs, summary, out_dir, edit_summary=..., pr_groups=...)
 
 Each `plot_*` function takes plain tables and returns a matplotlib Figure (or None when the data
 has nothing to show, e.g. no sweep over negatives), so it can be tested without the CLI.
@@ -370,7 +370,8 @@ def write_figures(
     edit_summary: pd.DataFrame | None = None,
     pr_groups: Collection[str] | None = None,
 ) -> list[Path]:
-    """The figure set of a report; `runs` must carry the `group` column (report.add_group_column).
+    """The figure set of a report; `runs` must carry the `group` column
+    (harness.report.tables.add_group_column).
 
     `pr_groups` chooses the groups whose PR curves are drawn (see `representative_runs`)."""
     out_dir = Path(out_dir)

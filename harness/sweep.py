@@ -205,14 +205,35 @@ def _fingerprint(runs: Sequence[SweepRun]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def is_sweep_directory(path: str | Path) -> bool:
+    """Whether `path` holds a sweep (its manifest)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
 def load_manifest(sweep_dir: str | Path) -> dict[str, Any]:
     path = Path(sweep_dir) / MANIFEST
-    if not path.is_file():
+    if not is_sweep_directory(sweep_dir):
         raise ConfigError(f"{sweep_dir} is not a sweep directory (no {MANIFEST})")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: unreadable manifest: {err}") from err
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{path}: unreadable manifest: not a JSON object")
+    return manifest
+
+
+def grid_points(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Run id -> grid point of every run of a sweep directory, as its manifest lists them."""
+    entries = load_manifest(sweep_dir).get("runs", [])
+    return {str(entry["run_id"]): entry.get("point", {}) for entry in entries}
+
+
+def submitted_spec_path(sweep_dir: str | Path) -> Path | None:
+    """The copy of the sweep file a sweep directory keeps (`sweep.yaml`), or None where there is
+    none (a sweep prepared from a spec that came from no file)."""
+    path = Path(sweep_dir) / SPEC_COPY
+    return path if path.is_file() else None
 
 
 def save_manifest(sweep_dir: Path, manifest: dict[str, Any]) -> None:
@@ -253,7 +274,7 @@ def prepare_sweep(spec: SweepSpec, sweep_dir: str | Path, resolved=None) -> dict
     fingerprint = _fingerprint(runs)
     # Two sweep commands started together on one directory must agree on one manifest.
     with exclusive_lock(_manifest_lock(sweep_dir)):
-        if (sweep_dir / MANIFEST).is_file():
+        if is_sweep_directory(sweep_dir):
             manifest = load_manifest(sweep_dir)
             if manifest.get("fingerprint") != fingerprint:
                 raise ConfigError(
@@ -285,7 +306,7 @@ def prepare_sweep(spec: SweepSpec, sweep_dir: str | Path, resolved=None) -> dict
             }
         sweep_dir.mkdir(parents=True, exist_ok=True)
         source = Path(spec.source)
-        if source.is_file() and not (sweep_dir / SPEC_COPY).is_file():
+        if source.is_file() and submitted_spec_path(sweep_dir) is None:
             atomic_write_text(sweep_dir / SPEC_COPY, source.read_text(encoding="utf-8"))
         for _run, cfg in resolved:
             if not run_is_finished(sweep_dir / "runs" / cfg.run_id):

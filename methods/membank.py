@@ -56,7 +56,7 @@ class InstanceBank(nn.Module):
 BANK_INITS = ("encoder", "random")
 
 
-@register_method("membank", MemoryBankConfig)
+@register_method("membank", MemoryBankConfig, display_name="memory bank")
 class MemoryBank(Method):
     """Memory bank (Wu et al. 2018): one slot per training image, momentum-updated negatives."""
 

@@ -59,7 +59,7 @@ class KeyQueue(nn.Module):
         self.pointer.copy_((self.pointer + len(keys)) % size)
 
 
-@register_method("moco", MoCoConfig)
+@register_method("moco", MoCoConfig, display_name="MoCo")
 class MoCo(Method):
     """MoCo v2: momentum key encoder, FIFO queue of negatives (queue_size per sample), InfoNCE."""
 

@@ -23,7 +23,7 @@ class NoneConfig(MethodConfig):
     projection: str = "random"
 
 
-@register_method("none", NoneConfig)
+@register_method("none", NoneConfig, display_name="untrained backbone")
 class NoTraining(Method):
     """No training: the randomly initialised backbone (+ fixed random projection) as the descriptor."""
 

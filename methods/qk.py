@@ -122,7 +122,7 @@ def _check(config: QKConfig, context: MethodContext) -> None:
         fail("cache_batch_size", f"must be >= 1 or null, got {config.cache_batch_size}")
 
 
-@register_method("qk", QKConfig)
+@register_method("qk", QKConfig, display_name="QK iteration")
 class QKIteration(Method):
     """QK iteration: Q/K phases, one side's backbone frozen and cached, all N negatives every step."""
 

@@ -1,4 +1,5 @@
-"""A timm-like method registry: `@register_method("qk", QKConfig)`, `list_methods()`, `create_method()`."""
+"""A timm-like method registry: `@register_method("qk", QKConfig, display_name="QK iteration")`,
+`list_methods()`, `get_method()`, `create_method()`."""
 
 from __future__ import annotations
 
@@ -12,20 +13,22 @@ class MethodEntry:
     name: str
     cls: type
     config_cls: type
-    summary: str
+    summary: str  # the class docstring's first line (`python -m harness methods`)
+    display_name: str  # the method's name in report tables and sentences
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, config_cls: type):
-    """Class decorator: register a `Method` subclass under `name` with its config dataclass."""
+def register_method(name: str, config_cls: type, *, display_name: str | None = None):
+    """Class decorator: register a `Method` subclass under `name` with its config dataclass and the
+    name reports print for it (`display_name`, default `name`)."""
 
     def decorator(cls):
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        _REGISTRY[name] = MethodEntry(name, cls, config_cls, summary)
+        _REGISTRY[name] = MethodEntry(name, cls, config_cls, summary, display_name or name)
         cls.name = name
         return cls
 

@@ -18,7 +18,7 @@ class SimCLRConfig(MethodConfig):
     temperature: float = 0.2  # NT-Xent over the 2B - 2 in-batch negatives
 
 
-@register_method("simclr", SimCLRConfig)
+@register_method("simclr", SimCLRConfig, display_name="SimCLR-style (in-batch negatives)")
 class SimCLR(Method):
     """SimCLR: two augmented views, in-batch negatives only (2B-2 per sample), NT-Xent loss."""
 

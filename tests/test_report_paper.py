@@ -62,6 +62,27 @@ def test_difference_is_stated_whichever_way_it_comes_out():
     assert "do not separate" in report.describe_difference(close)
 
 
+def test_method_names_come_from_the_method_registry(monkeypatch):
+    import methods.registry as registry
+
+    # A method registered now (as a new methods/<name>.py would be) is named by its entry alone.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_method("byol", object, display_name="BYOL (no negatives)")(
+        type("BYOL", (), {})
+    )
+    registry.register_method("plain", object)(type("Plain", (), {}))
+    qk = registry.get_method("qk").display_name
+    assert qk == "QK iteration"
+    text = report.describe_difference(report.Difference("qk", "byol", 0.02, 0.01, 3, 3))
+    assert text.startswith(f"{qk} vs BYOL (no negatives): µAP higher by 0.0200")
+    assert report.describe_difference(
+        report.Difference("qk", "plain", 0.02, 0.01, 3, 3)
+    ).startswith(f"{qk} vs plain:")
+    # A record of a method the registry no longer has keeps its key.
+    gone = report.Difference("qk", "removed", 0.02, 0.01, 3, 3)
+    assert report.describe_difference(gone).startswith(f"{qk} vs removed:")
+
+
 def test_main_comparison_comes_from_the_manifest(sweep_dir):
     runs = report.add_group_column(report.load_runs([sweep_dir]).runs, report.DEFAULT_GROUP_BY)
     main = report.main_comparison_runs(runs, sweep_dir)

@@ -15,6 +15,8 @@ from harness.errors import ConfigError
 from harness.launch import load_profile
 from harness.sweep import (
     expand_grid,
+    grid_points,
+    is_sweep_directory,
     load_manifest,
     load_sweep_spec,
     prepare_sweep,
@@ -23,6 +25,7 @@ from harness.sweep import (
     spec_from_dict,
     status_table,
     submit_sweep_runs,
+    submitted_spec_path,
 )
 
 REPO = Path(__file__).parent.parent
@@ -175,6 +178,25 @@ def test_sweep_directory_is_resumed_or_refused(tmp_path):
         prepare_sweep(spec, tmp_path / "junk")
     with pytest.raises(ConfigError, match="no manifest.json"):
         load_manifest(tmp_path / "junk")
+
+
+def test_sweep_directory_lists_its_grid_points_and_spec(tmp_path):
+    grid = {"name": "a", "base": TINY_BASE, "grid": {"method": ["simclr"], "seed": [0, 1]}}
+    sweep_dir = tmp_path / "sweep"
+    assert not is_sweep_directory(sweep_dir)
+    manifest = prepare_sweep(load_sweep_spec(_write(tmp_path, grid)), sweep_dir)
+    assert is_sweep_directory(sweep_dir)
+    assert grid_points(sweep_dir) == {
+        manifest["runs"][0]["run_id"]: {"method": "simclr", "seed": 0},
+        manifest["runs"][1]["run_id"]: {"method": "simclr", "seed": 1},
+    }
+    assert submitted_spec_path(sweep_dir) == sweep_dir / "sweep.yaml"
+    # A spec that came from no file leaves no copy behind.
+    prepare_sweep(spec_from_dict(grid), tmp_path / "from-dict")
+    assert submitted_spec_path(tmp_path / "from-dict") is None
+    (sweep_dir / "manifest.json").write_text("[]")
+    with pytest.raises(ConfigError, match="unreadable manifest: not a JSON object"):
+        grid_points(sweep_dir)
 
 
 @pytest.mark.slow

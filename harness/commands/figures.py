@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.report import build_paper_report
+    from harness.report.paper import build_paper_report
 
     sweep_dir = Path(args.sweep_dir) if args.sweep_dir else Path("results") / "sweeps" / args.name
     out = Path(args.out) if args.out else sweep_dir / "report"

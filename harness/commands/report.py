@@ -68,7 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.report import DEFAULT_IGNORED_KEYS, build_report, parse_list, to_markdown
+    from harness.report.build import build_report, parse_list
+    from harness.report.records import DEFAULT_IGNORED_KEYS
+    from harness.report.tables import to_markdown
 
     out = Path(args.out) if args.out else Path(args.results[0]) / "report"
     report = build_report(
