@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import ConfigError, InputError
+from harness.run_dir import RECORD_FILENAME as RECORD_NAME
 
-RECORD_NAME = "record.json"
 SCHEMA_VERSION = 1
 
 # Config keys that never define a setting: runs differing only in these are seeds of one group.

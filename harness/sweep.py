@@ -245,7 +245,7 @@ def prepare_sweep(spec: SweepSpec, sweep_dir: str | Path, resolved=None) -> dict
     never share a directory.
     """
     from harness.atomic import atomic_write_text
-    from harness.config import prepare_run_dir, run_is_finished
+    from harness.run_dir import prepare_run_dir, run_is_finished
 
     sweep_dir = Path(sweep_dir)
     resolved = resolved if resolved is not None else resolve_runs(spec)
@@ -312,8 +312,8 @@ def run_states(
     sweep_dir: str | Path, manifest: dict[str, Any] | None = None, *, lines: int = 6
 ) -> list[RunState]:
     """The state of every run: the record decides `done`; otherwise the scheduler and the logs."""
-    from harness.config import run_is_finished
     from harness.launch import job_failure, job_outcome, local_job_alive, slurm_states
+    from harness.run_dir import run_is_finished
 
     sweep_dir = Path(sweep_dir)
     manifest = manifest or load_manifest(sweep_dir)
