@@ -8,9 +8,10 @@ methods by changing a protocol value for all of them (a `--config` file or `--se
 method. `python -m harness methods --config NAME` prints the resolved result.
 
 Precedence, lowest first: the defaults, an explicit `--config FILE` (e.g. a larger protocol for
-GPUs and DISC21), then `--set key=value` overrides and the `--seed` / `--data` flags. Every layer is validated against the dataclasses: an
-unknown key is an error naming the key and the valid ones, and a value of the wrong type is an
-error naming the key and the expected type.
+GPUs and DISC21), then `--set key=value` overrides and the `--seed` / `--data` flags. Every layer
+is validated against the dataclasses (by harness.typed_yaml): an unknown key is an error naming the
+key and the valid ones, and a value of the wrong type is an error naming the key and the expected
+type. A run directory's `config.yaml` is written and read back by harness.run_dir.
 
 The method's own options live in one section named after the method (`qk: {phase_steps: 50}`),
 typed by the config class the method registered (`methods.get_method(name).config_cls`).
@@ -21,23 +22,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
-import shutil
-import types
 import typing
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from harness.atomic import atomic_write_text
 from harness.errors import ConfigError
-
-CONFIG_FILENAME = "config.yaml"
-RECORD_FILENAME = "record.json"
+from harness.typed_yaml import apply_override, build_dataclass, coerce, load_yaml, parse_override
 
 
 @dataclass
@@ -140,145 +134,7 @@ SECTIONS: dict[str, type] = {
 TOP_LEVEL = ("method", "seed", "run_id")
 
 
-# --- type checking and coercion -----------------------------------------------------------------
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin is not None:
-        return getattr(origin, "__name__", str(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _coerce(value: Any, tp, key: str) -> Any:
-    """Return `value` checked against (and minimally converted to) the annotation `tp`."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-    elif origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):  # YAML's .nan/.inf: no key of a run means that
-                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-            return float(value)
-        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads `1e-3` (no dot, unsigned exponent) as a string
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    elif origin in (list, tuple) or tp in (list, tuple):
-        if isinstance(value, (list, tuple)):
-            args = typing.get_args(tp)
-            if args and args[-1] is not Ellipsis and origin is list:
-                return [_coerce(v, args[0], key) for v in value]
-            if args and origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(v, args[0], key) for v in value)
-            return type(value)(value) if origin is None else origin(value)
-    elif isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _build_dataclass(cls: type, values: dict[str, Any], where: str):
-    """Instantiate `cls` from `values`, naming unknown keys and wrong types with `where`."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {values!r}")
-    types_ = _field_types(cls)
-    unknown = sorted(set(values) - set(types_))
-    if unknown:
-        raise ConfigError(
-            f"unknown key {', '.join(f'{where}.{k}' for k in unknown)}; valid keys in {where}: "
-            f"{', '.join(sorted(types_))}"
-        )
-    kwargs = {k: _coerce(v, types_[k], f"{where}.{k}") for k, v in values.items()}
-    try:
-        instance = cls(**kwargs)
-        # Defaults go through the same coercion, so `150` and `150.0` hash to the same run id.
-        normalized = {
-            name: _coerce(getattr(instance, name), tp, f"{where}.{name}")
-            for name, tp in types_.items()
-        }
-        return dataclasses.replace(instance, **normalized)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from None
-
-
-# --- layering ----------------------------------------------------------------------------------
-
-
-def _load_yaml(path: Path) -> dict:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', err)}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping at the top level, got {type(loaded).__name__}"
-        )
-    return loaded
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.lr=0.1` -> (["train", "lr"], 0.1); the value is read as YAML (`null`, `[1, 2]`, `true`)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=0.1")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def _apply_override(tree: dict, path: list[str], value: Any, method: str) -> None:
+def _check_override_key(path: list[str], method: str) -> None:
     known_top = {*TOP_LEVEL, *SECTIONS, method}
     if path[0] not in known_top:
         raise ConfigError(
@@ -287,15 +143,6 @@ def _apply_override(tree: dict, path: list[str], value: Any, method: str) -> Non
         )
     if path[0] == "method":
         raise ConfigError("--set method=...: choose the method with --method")
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
-        node = child
-    node[path[-1]] = value
 
 
 def _method_entry(method: str):
@@ -317,7 +164,7 @@ def resolve_config(
     _method_entry(method)  # an unknown method fails here, listing the registered ones
     tree: dict[str, Any] = {}
     if config_path is not None:
-        tree = _load_yaml(Path(config_path))
+        tree = load_yaml(Path(config_path))
     if tree.get("method", method) != method:
         raise ConfigError(
             f"{config_path}: the file is for method {tree['method']!r}, but --method is {method!r}"
@@ -329,8 +176,9 @@ def resolve_config(
         except ConfigError as err:
             raise ConfigError(f"{config_path}: {err}") from None
     for text in overrides:
-        path, value = parse_override(text)
-        _apply_override(tree, path, value, method)
+        path, value = parse_override(text, flag="--set", usage="KEY=VALUE, e.g. --set train.lr=0.1")
+        _check_override_key(path, method)
+        apply_override(tree, path, value, where=f"--set {'.'.join(path)}")
     if seed is not None:
         tree["seed"] = seed
     if data is not None:
@@ -357,11 +205,11 @@ def config_from_dict(d: dict[str, Any]) -> RunConfig:
             f"unknown key {', '.join(unknown)}{hint}; valid top-level keys: {', '.join(sorted(valid))}"
         )
     sections = {
-        name: _build_dataclass(cls, d.get(name) or {}, name) for name, cls in SECTIONS.items()
+        name: build_dataclass(cls, d.get(name) or {}, name) for name, cls in SECTIONS.items()
     }
-    method_config = _build_dataclass(entry.config_cls, d.get(method) or {}, method)
-    seed = _coerce(d.get("seed", 0), int, "seed")
-    run_id = _coerce(d.get("run_id"), str | None, "run_id")
+    method_config = build_dataclass(entry.config_cls, d.get(method) or {}, method)
+    seed = coerce(d.get("seed", 0), int, "seed")
+    run_id = coerce(d.get("run_id"), str | None, "run_id")
     cfg = RunConfig(
         method=method, method_config=method_config, seed=seed, run_id=run_id, **sections
     )
@@ -481,83 +329,3 @@ def default_run_id(cfg: RunConfig) -> str:
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-
-
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / CONFIG_FILENAME
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: no {CONFIG_FILENAME}")
-    try:
-        return config_from_dict(_load_yaml(path))
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-
-
-def run_is_finished(run_dir: str | Path) -> bool:
-    record = Path(run_dir) / RECORD_FILENAME
-    if not record.is_file():
-        return False
-    try:
-        return json.loads(record.read_text()).get("status") == "complete"
-    except (OSError, ValueError):
-        return False
-
-
-def _incompatible_record(run_dir: Path) -> str | None:
-    """Why the run's record.json is from another schema version, or None."""
-    from harness.record import SCHEMA_VERSION
-
-    try:
-        record = json.loads((run_dir / RECORD_FILENAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or "schema_version" not in record:
-        return None
-    version = record["schema_version"]
-    if version == SCHEMA_VERSION:
-        return None
-    return f"schema_version {version!r}, this version reads {SCHEMA_VERSION}"
-
-
-def prepare_run_dir(cfg: RunConfig, out_root: str | Path, *, overwrite: bool = False) -> Path:
-    """Create (or reuse, to resume) `out_root/<run_id>` and write its resolved `config.yaml`.
-
-    A directory that holds a finished run (a complete `record.json`) is refused unless `overwrite`;
-    an unfinished one is reused so the run resumes from its last checkpoint, provided its config is
-    the same.
-    """
-    run_dir = Path(out_root) / cfg.run_id
-    if run_dir.exists() and overwrite:
-        # Move aside first so a crash never leaves half of an old run looking like a new one.
-        trash = run_dir.with_name(f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        run_dir.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    elif (incompatible := _incompatible_record(run_dir)) is not None:
-        raise ConfigError(
-            f"{run_dir / RECORD_FILENAME}: {incompatible}; the results directory was written by an "
-            "incompatible version of isc-bench. Choose another --out, or pass --overwrite to "
-            "discard that run"
-        )
-    elif run_is_finished(run_dir):
-        raise ConfigError(
-            f"{run_dir} already holds a finished run (record.json); pass --overwrite to run it "
-            "again, or choose another --run-id / --out"
-        )
-    elif (run_dir / CONFIG_FILENAME).is_file():
-        try:
-            previous = load_run_config(run_dir)
-        except ConfigError as err:
-            raise ConfigError(
-                f"{err}. The unfinished run there was written by an incompatible version of "
-                "isc-bench (or its config.yaml was edited); choose another --out, or pass "
-                "--overwrite to discard it"
-            ) from None
-        if config_to_dict(previous) != config_to_dict(cfg):
-            raise ConfigError(
-                f"{run_dir} holds an unfinished run with a different config; pass --overwrite to "
-                "discard it, or choose another --run-id"
-            )
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILENAME, dump_config(cfg))
-    return run_dir

@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.errors import ConfigError, HarnessError
+from harness.run_dir import LAUNCH_FILE, SLURM_LOG_DIR, SUBMITIT_LOG_DIR
+from harness.typed_yaml import (
+    UnknownKeyError,
+    WrongTypeError,
+    apply_override,
+    build_dataclass,
+    load_yaml,
+    parse_override,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILE_DIR = REPO_ROOT / "configs" / "slurm"
@@ -93,53 +100,38 @@ class SlurmProfile:
         return max(1, self.gpus_per_node)
 
 
-def _profile_types() -> dict[str, Any]:
-    return {
-        "partition": (str, type(None)),
-        "account": (str, type(None)),
-        "qos": (str, type(None)),
-        "nodes": int,
-        "gpus_per_node": int,
-        "cpus_per_task": int,
-        "mem_gb": (int, float, type(None)),
-        "time_min": int,
-        "constraint": (str, type(None)),
-        "array_parallelism": int,
-        "signal_delay_s": int,
-        "max_requeues": int,
-        "setup": list,
-        "extra_sbatch": dict,
-    }
-
-
 def profile_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(SlurmProfile)]
 
 
-def _check_value(key: str, value: Any, where: str) -> Any:
-    expected = _profile_types()[key]
-    if isinstance(value, bool) or not isinstance(value, expected):
-        names = (
-            expected.__name__
-            if isinstance(expected, type)
-            else " or ".join(t.__name__ for t in expected)
-        )
-        raise ConfigError(f"{where}: {key} must be {names}, got {value!r}")
-    if key in ("nodes", "cpus_per_task", "time_min", "array_parallelism") and value < 1:
-        raise ConfigError(f"{where}: {key} must be >= 1, got {value}")
-    if key in ("gpus_per_node", "signal_delay_s", "max_requeues") and value < 0:
-        raise ConfigError(f"{where}: {key} must be >= 0, got {value}")
-    return value
+_MINIMUM = {
+    "nodes": 1,
+    "cpus_per_task": 1,
+    "time_min": 1,
+    "array_parallelism": 1,
+    "gpus_per_node": 0,
+    "signal_delay_s": 0,
+    "max_requeues": 0,
+}
 
 
-def _apply_profile_values(values: dict[str, Any], where: str, base: dict[str, Any]) -> None:
-    valid = profile_keys()
-    for key, value in values.items():
-        if key not in valid:
-            raise ConfigError(
-                f"{where}: unknown SLURM profile key {key!r}; valid keys: {', '.join(valid)}"
-            )
-        base[key] = _check_value(key, value, where)
+def _build_profile(values: dict[str, Any], where: str) -> SlurmProfile:
+    """`values` (profile keys) as a SlurmProfile; errors name `where`, the file or the override."""
+    try:
+        profile = build_dataclass(SlurmProfile, values)
+    except UnknownKeyError as err:
+        raise ConfigError(
+            f"{where}: unknown SLURM profile key {', '.join(map(repr, err.keys))}; valid keys: "
+            f"{', '.join(profile_keys())}"
+        ) from None
+    except WrongTypeError as err:  # worded as the range checks below: "KEY must be ..."
+        raise ConfigError(f"{where}: {err.key} must be {err.expected}, got {err.value!r}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    for key, minimum in _MINIMUM.items():
+        if getattr(profile, key) < minimum:
+            raise ConfigError(f"{where}: {key} must be >= {minimum}, got {getattr(profile, key)}")
+    return profile
 
 
 def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
@@ -162,35 +154,21 @@ def load_profile(
 ) -> SlurmProfile:
     """Profile from YAML (or the defaults when None) plus `key=value` overrides.
 
-    Override values are parsed as YAML (`time_min=30`, `partition=gpu`, `setup=[a, b]`);
-    `extra_sbatch.NAME=VALUE` sets a single extra sbatch option.
+    Override values are parsed as YAML (`time_min=30`, `partition=gpu`, `setup=[a, b]`; an empty
+    value is null); `extra_sbatch.NAME=VALUE` sets a single extra sbatch option.
     """
-    values = dataclasses.asdict(SlurmProfile())
+    values: dict[str, Any] = {}
+    where = "the default SLURM profile"
     if name_or_path is not None:
         path = resolve_profile_path(name_or_path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{line}: invalid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: a SLURM profile must be a mapping of keys to values")
-        _apply_profile_values(data, str(path), values)
+        values, where = load_yaml(path), str(path)
+    profile = _build_profile(values, where)
     for text in overrides:
-        key, sep, raw = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"--slurm-set {text!r}: expected key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--slurm-set {text!r}: cannot parse the value: {err}") from err
-        if key.startswith("extra_sbatch."):
-            values["extra_sbatch"] = {**values["extra_sbatch"], key.split(".", 1)[1]: value}
-            continue
-        _apply_profile_values({key: value}, f"--slurm-set {text!r}", values)
-    return SlurmProfile(**values)
+        keys, value = parse_override(text, flag="--slurm-set", usage="key=value", empty=None)
+        where = f"--slurm-set {text!r}"
+        apply_override(values, keys, value, where=where)
+        profile = _build_profile(values, where)
+    return profile
 
 
 def make_executor(
@@ -442,25 +420,35 @@ def _job_finished(job: Any) -> bool:
     return slurm_states([job.job_id]).get(job.job_id, "pending") not in ("pending", "running")
 
 
+def wait_until_idle(
+    busy: Callable[[], list[str]], *, timeout_s: float, poll_s: float, what: str
+) -> None:
+    """Call `busy` every `poll_s` seconds until it names nothing; after `timeout_s`, raise a
+    HarnessError saying `what` ("jobs still not done") and naming what `busy` last returned."""
+    deadline = time.monotonic() + timeout_s
+    while still := busy():
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{what} after {timeout_s:.0f}s: {', '.join(still)}")
+        time.sleep(poll_s)
+
+
 def wait_jobs(jobs: Sequence[Any], *, timeout_s: float, poll_s: float = 2.0) -> None:
     """Wait until every submitit job is done, bounded: raise HarnessError on timeout."""
-    deadline = time.monotonic() + timeout_s
     pending = list(jobs)
-    while pending:
+
+    def still_pending() -> list[str]:
+        nonlocal pending  # a job seen finished is not asked about again (a sacct call each)
         pending = [job for job in pending if not _job_finished(job)]
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            ids = ", ".join(job.job_id for job in pending)
-            raise HarnessError(f"jobs still not done after {timeout_s:.0f}s: {ids}")
-        time.sleep(poll_s)
+        return [job.job_id for job in pending]
+
+    wait_until_idle(still_pending, timeout_s=timeout_s, poll_s=poll_s, what="jobs still not done")
 
 
 def write_launch_info(run_dir: Path, launcher: str, job_id: str, folder: Path) -> None:
     from harness.atomic import atomic_write_json
 
     atomic_write_json(
-        run_dir / "launch.json",
+        run_dir / LAUNCH_FILE,
         {
             "launcher": launcher,
             "job_id": job_id,
@@ -493,7 +481,7 @@ def launch_run_dir(
 
         return execute_run_dir(run_dir, progress=True)
     profile = profile or load_profile(None)
-    folder = run_dir / "slurm" if launcher == "slurm" else run_dir / "submitit"
+    folder = run_dir / (SLURM_LOG_DIR if launcher == "slurm" else SUBMITIT_LOG_DIR)
     (job,) = submit_runs(
         launcher,
         [run_dir],

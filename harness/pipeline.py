@@ -29,18 +29,22 @@ from harness.atomic import (
     atomic_write_text,
     remove_stale_temporaries,
 )
-from harness.config import (
+from harness.config import RunConfig, config_to_dict
+from harness.errors import ConfigError, HarnessError
+from harness.record import build_record, device_description, peak_memory_mb
+from harness.run_dir import (
+    DESCRIPTORS_FILE,
+    LOCK_FILE,
+    LOG_FILENAME,
+    NORMALIZED_PREDICTIONS_FILE,
+    PR_CURVE_FILE,
+    PREDICTIONS_FILE,
     RECORD_FILENAME,
-    RunConfig,
-    config_to_dict,
     load_run_config,
     run_is_finished,
 )
-from harness.errors import ConfigError, HarnessError
-from harness.record import build_record, device_description, peak_memory_mb
 from harness.seeding import seed_everything
 from harness.train import (
-    LOG_FILENAME,
     TrainData,
     TrainResult,
     amp_dtype,
@@ -48,11 +52,6 @@ from harness.train import (
     dist_info,
     train,
 )
-
-DESCRIPTORS_FILE = "descriptors.h5"
-PREDICTIONS_FILE = "predictions.csv"
-NORMALIZED_PREDICTIONS_FILE = "predictions_normalized.csv"
-PR_CURVE_FILE = "pr_curve.npz"
 
 
 class Stopwatch:
@@ -199,9 +198,6 @@ def _write_pr_curve(path: Path, curves: dict[str, np.ndarray]) -> None:
 
 def _untrained(method) -> TrainResult:
     return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0)
-
-
-LOCK_FILE = ".lock"
 
 
 @contextmanager

@@ -36,6 +36,7 @@ import yaml
 
 from harness.atomic import exclusive_lock
 from harness.errors import ConfigError, HarnessError
+from harness.typed_yaml import load_yaml
 
 MANIFEST = "manifest.json"
 SPEC_COPY = "sweep.yaml"
@@ -80,13 +81,7 @@ def load_sweep_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {err}") from err
-    return spec_from_dict(data or {}, source=str(path), default_name=path.stem)
+    return spec_from_dict(load_yaml(path), source=str(path), default_name=path.stem)
 
 
 def spec_from_dict(data: Any, *, source: str = "<sweep>", default_name: str = "sweep") -> SweepSpec:
@@ -266,7 +261,7 @@ def prepare_sweep(spec: SweepSpec, sweep_dir: str | Path, resolved=None) -> dict
     never share a directory.
     """
     from harness.atomic import atomic_write_text
-    from harness.config import prepare_run_dir, run_is_finished
+    from harness.run_dir import prepare_run_dir, run_is_finished
 
     sweep_dir = Path(sweep_dir)
     resolved = resolved if resolved is not None else resolve_runs(spec)
@@ -333,8 +328,8 @@ def run_states(
     sweep_dir: str | Path, manifest: dict[str, Any] | None = None, *, lines: int = 6
 ) -> list[RunState]:
     """The state of every run: the record decides `done`; otherwise the scheduler and the logs."""
-    from harness.config import run_is_finished
     from harness.launch import job_failure, job_outcome, local_job_alive, slurm_states
+    from harness.run_dir import run_is_finished
 
     sweep_dir = Path(sweep_dir)
     manifest = manifest or load_manifest(sweep_dir)
@@ -463,12 +458,14 @@ def submit_sweep_runs(
 
 def wait_for_queued_runs(sweep_dir: Path, *, timeout_s: float, poll_s: float = 2.0):
     """Poll `run_states` until no run is pending or running; HarnessError after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    from harness.launch import wait_until_idle
+
+    states: list[RunState] = []
+
+    def queued() -> list[str]:
+        nonlocal states
         states = run_states(sweep_dir)
-        busy = [s.run_id for s in states if s.state in ("pending", "running")]
-        if not busy:
-            return states
-        if time.monotonic() > deadline:
-            raise HarnessError(f"runs still queued after {timeout_s:.0f}s: {', '.join(busy)}")
-        time.sleep(poll_s)
+        return [s.run_id for s in states if s.state in ("pending", "running")]
+
+    wait_until_idle(queued, timeout_s=timeout_s, poll_s=poll_s, what="runs still queued")
+    return states

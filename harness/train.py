@@ -37,6 +37,7 @@ from tqdm import tqdm
 from harness.atomic import atomic_torch_save, atomic_write_text
 from harness.config import TrainConfig
 from harness.errors import ConfigError, HarnessError
+from harness.run_dir import CHECKPOINT_PATH, LOG_FILENAME
 from harness.seeding import (
     STREAM_ENCODE,
     STREAM_LOADER,
@@ -47,8 +48,6 @@ from harness.seeding import (
 from methods.base import Method, TrainBatch, TrainContext
 
 CHECKPOINT_FORMAT = 1
-LOG_FILENAME = "train_log.jsonl"
-CHECKPOINT_PATH = Path("checkpoints") / "last.pt"
 
 
 class TrainingDiverged(HarnessError):

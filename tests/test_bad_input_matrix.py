@@ -67,7 +67,8 @@ class Workspace:
 
     def run_dir(self) -> Path:
         """The run directory the standard command uses (prepared here, as a previous run left it)."""
-        from harness.config import prepare_run_dir, resolve_config
+        from harness.config import resolve_config
+        from harness.run_dir import prepare_run_dir
 
         cfg = resolve_config("simclr", overrides=TINY, data=str(self.bench))
         return prepare_run_dir(cfg, self.out)

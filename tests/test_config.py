@@ -14,11 +14,10 @@ from harness.config import (
     config_from_dict,
     config_to_dict,
     dump_config,
-    load_run_config,
-    prepare_run_dir,
     resolve_config,
 )
 from harness.errors import ConfigError
+from harness.run_dir import load_run_config, prepare_run_dir
 from methods import get_method, list_methods
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

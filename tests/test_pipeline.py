@@ -8,10 +8,11 @@ import os
 import numpy as np
 import pytest
 
-from harness.config import prepare_run_dir, resolve_config
+from harness.config import resolve_config
 from harness.errors import ConfigError
 from harness.isc import read_descriptors, read_ground_truth, read_predictions
 from harness.pipeline import execute_run_dir
+from harness.run_dir import prepare_run_dir
 from harness.train import read_log
 
 TINY = [

@@ -303,7 +303,8 @@ def test_requeue_mid_training_resumes_real_run(tmp_path, slurm_cluster):  # noqa
     """Two copies of one config: one runs through, the other is signalled mid-training."""
     import submitit
 
-    from harness.config import prepare_run_dir, resolve_config
+    from harness.config import resolve_config
+    from harness.run_dir import prepare_run_dir
 
     overrides = [v for v in TINY_RUN if v != "--set"] + ["train.budget_value=10"]
     cfg = resolve_config("simclr", overrides=overrides)

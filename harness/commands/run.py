@@ -128,8 +128,9 @@ def format_metrics_table(record: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.config import prepare_run_dir, resolve_config
+    from harness.config import resolve_config
     from harness.pipeline import execute_run_dir
+    from harness.run_dir import RECORD_FILENAME, prepare_run_dir
 
     overrides = list(args.overrides)
     if args.run_id is not None:
@@ -150,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
         result = launch_run_dir(run_dir, args.launcher, profile=profile)
         if args.launcher == "slurm":
             print(
-                f"submitted SLURM job {result.job_id}; the record will be {run_dir / 'record.json'}"
+                f"submitted SLURM job {result.job_id}; the record will be {run_dir / RECORD_FILENAME}"
             )
             return 0
         print(format_metrics_table(result))

@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import InputError
-
-RECORD_NAME = "record.json"
-SCHEMA_VERSION = 1
+from harness.record import SCHEMA_VERSION
+from harness.run_dir import CONFIG_FILENAME
+from harness.run_dir import RECORD_FILENAME as RECORD_NAME
 
 # Config keys that never define a setting: runs differing only in these are seeds of one group.
 DEFAULT_IGNORED_KEYS: tuple[str, ...] = ("seed", "run_id")
@@ -86,7 +86,7 @@ def find_run_directories(roots: Iterable[str | os.PathLike]) -> tuple[list[Path]
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             if RECORD_NAME in filenames:
                 records.add(Path(dirpath) / RECORD_NAME)
-            elif "config.yaml" in filenames:
+            elif CONFIG_FILENAME in filenames:
                 unfinished.add(Path(dirpath))
     return sorted(records), sorted(unfinished)
 
