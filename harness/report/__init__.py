@@ -36,7 +36,6 @@ from harness.report.per_edit import (
     family_masks,
     per_edit_runs,
     read_metadata,
-    resolve_benchmark,
     summarize_edits,
 )
 from harness.report.records import (
@@ -50,6 +49,7 @@ from harness.report.records import (
     flatten_config,
     load_runs,
     record_row,
+    resolve_benchmark,
     setting_labels,
 )
 from harness.report.tables import (
