@@ -1,8 +1,10 @@
-"""The result record of a run: provenance (git commit, package versions, device), peak memory and
-the assembly of `record.json` (schema in docs/architecture.md, "Result record")."""
+"""The result record of a run: provenance (git commit, package versions, device), the benchmark's
+identity, peak memory and the assembly of `record.json` (schema in docs/architecture.md, "Result
+record")."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import resource
@@ -110,6 +112,54 @@ def peak_memory_mb(device=None) -> dict[str, float | None]:
     return {"cpu_rss": round(own, 1), "cpu_rss_workers": round(children, 1), "cuda": cuda}
 
 
+def benchmark_fingerprint(root: str | os.PathLike) -> str | None:
+    """What a benchmark directory holds, as 16 hex digits: a sha256 over each split's image file
+    names and sizes (sorted) and the ground truth's bytes. None when the directory cannot be read.
+
+    Two results directories made with `--data bench` from two folders must not be taken for seeds of
+    one benchmark, whatever the path typed. Names and sizes rather than pixels: DISC21's million
+    images are listed in seconds but read in an hour, and two benchmarks that agree on every file
+    name, every file size and the ground truth are not two benchmarks worth telling apart.
+    """
+    from harness.data.layout import IMAGE_SUFFIXES, SPLIT_DIRS, find_ground_truth, find_split_dir
+    from harness.errors import InputError
+
+    root = Path(root)
+    digest = hashlib.sha256()
+    try:
+        for split in SPLIT_DIRS:  # by split, not folder name: either layout of one benchmark agrees
+            with os.scandir(find_split_dir(root, split)) as entries:
+                files = sorted(
+                    (os.fsencode(entry.name), entry.stat().st_size)
+                    for entry in entries
+                    if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file()
+                )
+            digest.update(split.encode() + b"\n")
+            for name, size in files:
+                digest.update(name + b"\0" + str(size).encode() + b"\n")  # no name holds a NUL
+        digest.update(b"ground truth\n")
+        with open(find_ground_truth(root), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except (OSError, InputError):
+        return None
+    return digest.hexdigest()[:16]
+
+
+def benchmark_identity(path: str | os.PathLike) -> dict[str, str | None]:
+    """`{"resolved_path", "fingerprint"}` of the benchmark at `path` (as the run was given it)."""
+    return {"resolved_path": str(Path(path).resolve()), "fingerprint": benchmark_fingerprint(path)}
+
+
+def carry_timings(timings: dict[str, float], earlier: dict[str, float] | None) -> dict[str, float]:
+    """This process's seconds per stage plus those the earlier processes of a resumed run spent
+    (up to the checkpoint it resumed from), key by key."""
+    carried = dict(timings)
+    for key, seconds in (earlier or {}).items():
+        carried[key] = carried.get(key, 0.0) + seconds
+    return carried
+
+
 def build_record(
     *,
     config: dict[str, Any],
@@ -126,9 +176,20 @@ def build_record(
     git: dict[str, Any] | None = None,
     versions: dict[str, str | None] | None = None,
     extra: dict[str, Any] | None = None,
+    earlier_timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The record as a plain dict, keys in the documented order."""
+    """The record as a plain dict, keys in the documented order.
+
+    The benchmark block gains `resolved_path` and `fingerprint` (see `benchmark_fingerprint`) unless
+    it has them. `earlier_timings`: after a resume, the seconds per timing key (`train`, `total`)
+    that the processes before this one spent, up to the checkpoint it resumed from; they are added
+    to `timings` and kept apart as `timings_before_resume`. A resumed run's record without that key
+    (an older version) has timings of its last process only, and the report leaves them out.
+    """
     git = git if git is not None else git_state()
+    if "path" in benchmark and "fingerprint" not in benchmark:
+        benchmark = {**benchmark, **benchmark_identity(benchmark["path"])}
+    timings = carry_timings(timings, earlier_timings)
     record = {
         "schema_version": SCHEMA_VERSION,
         "status": "complete",
@@ -145,6 +206,11 @@ def build_record(
         "budget": budget,
         "negatives_per_step": int(negatives_per_step),
         "timings": {k: round(float(v), 3) for k, v in timings.items()},
+        **(
+            {"timings_before_resume": {k: round(float(v), 3) for k, v in earlier_timings.items()}}
+            if earlier_timings is not None
+            else {}
+        ),
         "peak_memory_mb": peak_memory,
         "metrics": {"raw": metrics_raw, "normalized": metrics_normalized},
         "files": files,

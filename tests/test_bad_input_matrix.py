@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fractions
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -363,6 +364,26 @@ def _checkpoint_with_code(ws: Workspace):
     )
 
 
+def _infinite_map_record(ws: Workspace):
+    """A record damaged by hand: its µAP is Infinity, which JSON readers accept as a number."""
+    results = ws.root / "other-results"
+    (results / "run").mkdir(parents=True)
+    record = {
+        "schema_version": 1,
+        "status": "complete",
+        "run_id": "run",
+        "method": "simclr",
+        "config": {},
+        "metrics": {"raw": {"average_precision": float("inf")}},
+    }
+    (results / "run" / "record.json").write_text(json.dumps(record))
+    return ["report", str(results), "--no-figures"], (
+        f"error: no complete record.json under {results}\n"
+        f"  {results / 'run' / 'record.json'}: metrics.raw.average_precision is missing or not a "
+        "finite number"
+    )
+
+
 CASES = [
     Case("corrupt image", _corrupt),
     Case("zero-byte image", _zero_byte),
@@ -394,6 +415,7 @@ CASES = [
     Case("checkpoint of another version", _checkpoint_of_other_version),
     Case("truncated checkpoint", _truncated_checkpoint),
     Case("checkpoint that would run code", _checkpoint_with_code),
+    Case("record whose µAP is not a finite number", _infinite_map_record),
 ]
 
 

@@ -45,5 +45,7 @@ def main(args: argparse.Namespace) -> int:
     print(summary)
     for skipped in built.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    for note in built.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {len(built.written)} files to {out}", file=sys.stderr)
     return 0

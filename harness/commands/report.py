@@ -9,7 +9,12 @@ NAME = "report"
 HELP = "tables (Markdown, CSV, LaTeX) and figures from the record.json files of finished runs"
 DESCRIPTION = """\
 Load every record.json below the given directories (recursively) into one table, group the runs that
-differ only in seed, and write mean ± std tables and figures.
+differ only in seed, and write mean ± std tables and figures. The benchmark is told by its resolved
+path and content fingerprint (recorded by each run), never by the --data string typed. A group never
+mixes protocols: when --group-by leaves out a config key that differs inside a group (a budget, the
+backbone, the benchmark), the group is split by it and a note names the key. A cell averaged over
+fewer runs than its group holds reads "0.4512 ± 0.0100 (2 of 3)"; NaN and infinite values are left
+out and named. Notes go to stderr and report.md.
 
 Written into --out:
   report.md           the tables, the figures and the skipped runs, in one page
@@ -87,6 +92,8 @@ def main(args: argparse.Namespace) -> int:
         print(to_markdown(report.edit_table))
     for skipped in report.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(
         f"{len(report.runs)} runs in {len(report.summary)} groups; wrote {len(report.written)} files "
         f"to {out}",

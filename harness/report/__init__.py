@@ -10,8 +10,9 @@
 The flow is pure steps over pandas tables, so each can be tested on fabricated records:
 
     loaded = load_runs(["results/"])   # one row per complete run, plus the skipped ones
-    summary = summarize(loaded.runs)   # one row per group: <metric>_mean, <metric>_std, n_seeds
-    table = main_table(summary)        # display strings "mean ± std"; to_markdown / to_latex
+    grouping = protocol_grouping(loaded.runs, ["method", "setting"], loaded.config_columns)
+    summary = summarize(loaded.runs, grouping.columns)   # <metric>_mean, _std, _n; n_seeds
+    table = main_table(summary)        # display strings "mean ± std", "(2 of 3)" when fewer
 """
 
 from harness.report.build import FORMATS, Report, build_report, parse_list, report_markdown
@@ -36,7 +37,6 @@ from harness.report.per_edit import (
     family_masks,
     per_edit_runs,
     read_metadata,
-    resolve_benchmark,
     summarize_edits,
 )
 from harness.report.records import (
@@ -50,17 +50,21 @@ from harness.report.records import (
     flatten_config,
     load_runs,
     record_row,
+    resolve_benchmark,
     setting_labels,
 )
 from harness.report.tables import (
     DEFAULT_GROUP_BY,
     MAIN_TABLE_COLUMNS,
+    Grouping,
     add_group_column,
     check_group_by,
+    format_cell,
     format_mean_std,
     group_label,
     latex_escape,
     main_table,
+    protocol_grouping,
     summarize,
     to_latex,
     to_markdown,
@@ -78,6 +82,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SEED_REPORTED",
     "Difference",
+    "Grouping",
     "LoadedRuns",
     "Report",
     "SkippedRun",
@@ -93,6 +98,7 @@ __all__ = [
     "family_masks",
     "find_run_directories",
     "flatten_config",
+    "format_cell",
     "format_mean_std",
     "group_label",
     "latex_escape",
@@ -105,6 +111,7 @@ __all__ = [
     "paper_summary",
     "parse_list",
     "per_edit_runs",
+    "protocol_grouping",
     "read_metadata",
     "record_row",
     "report_markdown",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +17,12 @@ from harness.errors import ConfigError, InputError
 from harness.report.per_edit import EDIT_RUN_COLUMNS, edit_table, per_edit_runs, summarize_edits
 from harness.report.records import DEFAULT_IGNORED_KEYS, RECORD_NAME, SkippedRun, load_runs
 from harness.report.tables import (
+    COUNT_NOTE,
     DEFAULT_GROUP_BY,
     add_group_column,
-    check_group_by,
     main_table,
+    protocol_grouping,
+    shows_partial_counts,
     summarize,
     to_latex,
     to_markdown,
@@ -40,6 +42,7 @@ class Report:
     edit_table: pd.DataFrame
     skipped: list[SkippedRun]
     written: list[Path]
+    notes: list[str] = field(default_factory=list)
 
 
 def parse_list(text: str | Sequence[str]) -> list[str]:
@@ -91,10 +94,14 @@ def build_report(
         reasons = "".join(f"\n  {s.path}: {s.reason}" for s in loaded.skipped)
         where = ", ".join(str(r) for r in roots)
         raise InputError(f"no complete {RECORD_NAME} under {where}{reasons}")
-    group_by = check_group_by(loaded.runs, group_by)
+    grouping = protocol_grouping(loaded.runs, group_by, loaded.config_columns)
+    group_by = grouping.columns
     runs = add_group_column(loaded.runs, group_by)
     summary = summarize(runs, group_by)
     table = main_table(summary)
+    notes = [*loaded.notes, *grouping.notes]
+    if shows_partial_counts(summary):
+        notes.append(COUNT_NOTE)
     skipped = list(loaded.skipped)
     edit_long = pd.DataFrame(columns=EDIT_RUN_COLUMNS)
     if edits:
@@ -121,10 +128,10 @@ def build_report(
             runs, summary, out_dir, edit_summary=edit_summary, pr_groups=pr_groups
         )
         written += figure_paths
-    markdown = report_markdown(table, families, skipped, figure_paths, out_dir)
+    markdown = report_markdown(table, families, skipped, figure_paths, out_dir, notes)
     atomic_write_text(out_dir / "report.md", markdown)
     written.append(out_dir / "report.md")
-    return Report(runs, summary, table, edit_summary, families, skipped, written)
+    return Report(runs, summary, table, edit_summary, families, skipped, written, notes)
 
 
 def report_markdown(
@@ -133,13 +140,18 @@ def report_markdown(
     skipped: Sequence[SkippedRun],
     figure_paths: Sequence[Path],
     out_dir: Path,
+    notes: Sequence[str] = (),
 ) -> str:
-    """report.md: the main table, the per-edit table, the figures (PNG links) and the skipped runs."""
+    """report.md: the main table, its notes, the per-edit table, the figures (PNG links) and the
+    skipped runs."""
     parts = [
         "# Results\n",
         "Mean ± sample std over seeds; `seeds` counts the runs in each group.\n",
         to_markdown(table),
     ]
+    if notes:
+        parts.append("\n## Notes\n")
+        parts += [f"- {note}\n" for note in notes]
     if len(families.columns) > 1:
         parts += [
             "\n## µAP per edit family\n",

@@ -166,7 +166,7 @@ def paper_summary(
         f"# Method comparison: `{sweep_name}`\n",
         f"{len(runs)} complete runs from `{sweep_dir}`"
         + (f" ({len(skipped)} skipped, listed in report.md)" if skipped else "")
-        + f". Benchmark: `{', '.join(sorted({str(p) for p in runs['benchmark_path']}))}`.\n",
+        + f". Benchmark: `{', '.join(sorted({str(p) for p in runs['benchmark']}))}`.\n",
         "## Equal budget\n",
         f"{comparison_rule(sweep_dir)} Mean ± sample std over seeds.\n",
         to_markdown(main_table(main_summary)),

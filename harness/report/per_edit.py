@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.report.records import SkippedRun, as_float
+from harness.report.records import SkippedRun, as_float, resolve_benchmark
 from harness.report.tables import (
     DEFAULT_GROUP_BY,
     add_group_column,
     check_group_by,
-    format_mean_std,
+    format_cell,
 )
 
 # The long table of per-run, per-family µAP (`per_edit_runs`).
@@ -99,14 +99,6 @@ def edit_family_map(gt, metadata: pd.DataFrame, predictions) -> dict[str, dict[s
     return result
 
 
-def resolve_benchmark(path: str | None, run_dir: str) -> Path | None:
-    """The benchmark directory named by a record (absolute, relative to here, or to the run dir)."""
-    if not path:
-        return None
-    candidates = [Path(path)] if Path(path).is_absolute() else [Path(path), Path(run_dir) / path]
-    return next((c for c in candidates if c.is_dir()), None)
-
-
 def _edit_truth(benchmark: Path) -> tuple[object, pd.DataFrame] | str:
     """(ground truth, metadata) of a benchmark, or why the per-edit table cannot use it."""
     from harness.data.layout import METADATA_FILE, find_ground_truth
@@ -126,15 +118,21 @@ def per_edit_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[SkippedRun]]:
     """Long table (run_id, family, map, n_gt) over all runs whose benchmark has a metadata.csv.
 
     Runs whose benchmark, metadata or predictions cannot be read are listed ("per-edit table: ...")
-    and stay in the main table. Each benchmark's ground truth and metadata are read once.
+    and stay in the main table, as are runs whose benchmark no longer holds what it held when they
+    ran (its fingerprint changed): their predictions would be scored against another truth. Each
+    benchmark's ground truth, metadata and fingerprint are read once.
     """
     from harness.isc import read_predictions
+    from harness.record import benchmark_fingerprint
 
     rows: list[dict[str, object]] = []
     skipped: list[SkippedRun] = []
     benchmarks: dict[Path, tuple[object, pd.DataFrame] | str] = {}
+    fingerprints: dict[Path, str | None] = {}
     for _, run in runs.iterrows():
-        benchmark = resolve_benchmark(run["benchmark_path"], run["run_dir"])
+        benchmark = resolve_benchmark(run["benchmark"], run["run_dir"]) or resolve_benchmark(
+            run["benchmark_path"], run["run_dir"]
+        )
         if benchmark is None:
             skipped.append(
                 SkippedRun(
@@ -144,6 +142,17 @@ def per_edit_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[SkippedRun]]:
             continue
         if benchmark not in benchmarks:
             benchmarks[benchmark] = _edit_truth(benchmark)
+            fingerprints[benchmark] = benchmark_fingerprint(benchmark)
+        recorded = run["benchmark_fingerprint"]
+        if isinstance(recorded, str) and fingerprints[benchmark] != recorded:
+            skipped.append(
+                SkippedRun(
+                    run["run_dir"],
+                    f"per-edit table: {benchmark} has changed since the run (fingerprint "
+                    f"{recorded} then, {fingerprints[benchmark]} now)",
+                )
+            )
+            continue
         if isinstance(benchmarks[benchmark], str):
             skipped.append(SkippedRun(run["run_dir"], benchmarks[benchmark]))
             continue
@@ -167,13 +176,14 @@ def per_edit_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[SkippedRun]]:
 def summarize_edits(
     runs: pd.DataFrame, edits: pd.DataFrame, group_by: Sequence[str] = DEFAULT_GROUP_BY
 ) -> pd.DataFrame:
-    """Per group and edit family: µAP mean, std (ddof=1) and number of runs."""
+    """Per group and edit family: µAP mean, std (ddof=1), the number of runs with the family
+    (`n_seeds`) and of those with a µAP averaged (`map_n`)."""
     group_by = check_group_by(runs, group_by)
     runs = add_group_column(runs, group_by)
     merged = edits.merge(runs[["run_id", "group", *group_by]], on="run_id", how="inner")
     out = (
         merged.groupby([*group_by, "group", "family"], sort=True, dropna=False)["map"]
-        .agg(map_mean="mean", map_std="std", n_seeds="size")
+        .agg(map_mean="mean", map_std="std", map_n="count", n_seeds="size")
         .reset_index()
     )
     return out
@@ -185,8 +195,14 @@ def edit_table(edit_summary: pd.DataFrame, *, pm: str = " ± ") -> pd.DataFrame:
         return pd.DataFrame(columns=["group"])
     cells = edit_summary.assign(
         cell=[
-            format_mean_std(m, s, 4, pm=pm)
-            for m, s in zip(edit_summary["map_mean"], edit_summary["map_std"], strict=True)
+            format_cell(m, s, n, total, 4, pm=pm)
+            for m, s, n, total in zip(
+                edit_summary["map_mean"],
+                edit_summary["map_std"],
+                edit_summary["map_n"],
+                edit_summary["n_seeds"],
+                strict=True,
+            )
         ]
     )
     order = list(dict.fromkeys(cells["group"]))

@@ -1,21 +1,42 @@
 """Tables over the runs: groups, per-group summaries (mean and sample std over seeds), the main
 table as "mean ± std" display strings, and its Markdown and LaTeX text.
 
-    summary = summarize(loaded.runs)   # one row per group: <metric>_mean, <metric>_std, n_seeds
+    grouping = protocol_grouping(loaded.runs, ["method"], loaded.config_columns)
+    summary = summarize(loaded.runs, grouping.columns)   # <metric>_mean, _std, _n; n_seeds
     table = main_table(summary)        # display strings "mean ± std"; to_markdown / to_latex
+
+Runs of one group must share a protocol (every config key outside the method's own section, the
+benchmark's identity among them): a `--group-by` that leaves such a key out is split by it, and the
+split is named (`protocol_grouping`). A cell averaged over fewer runs than its group holds says so:
+"0.4512 ± 0.0100 (2 of 3)".
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from harness.errors import ConfigError
-from harness.report.records import RECORD_METRICS, format_value, is_missing
+from harness.report.records import RECORD_METRICS, format_value, is_missing, varying_columns
 
 DEFAULT_GROUP_BY: tuple[str, ...] = ("method", "setting")
+
+SPLIT_NOTE = (
+    "--group-by {asked}: runs of one group differed in {keys}, which set the protocol; the groups "
+    "are split by them (--ignore-key KEY averages over a key on purpose)"
+)
+POOLED_NOTE = (
+    "group {group} pools {n} settings that differ in {keys}: its mean and ± are over settings and "
+    "seeds together, and its seeds column counts runs"
+)
+COUNT_NOTE = (
+    "a cell marked (n of m) averages the n of its group's m runs that have the value; the others "
+    "have none (undefined, such as recall@P90 when no cutoff reaches precision 0.9) or one left out "
+    "(see above)"
+)
 
 
 # Columns of the main table: (metric column, header, decimals).
@@ -68,6 +89,54 @@ def group_label(values: dict[str, object]) -> str:
     return f"{method} ({', '.join(rest)})" if rest else str(method)
 
 
+@dataclass(frozen=True)
+class Grouping:
+    """The columns the groups are formed by: those asked for plus `split_by`, the protocol keys
+    that differed inside an asked group; and what a reader must know about them (`notes`)."""
+
+    columns: list[str]
+    split_by: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def protocol_grouping(
+    runs: pd.DataFrame, group_by: Sequence[str], config_columns: Sequence[str]
+) -> Grouping:
+    """Group by `group_by`, split so that no group mixes protocols; name the keys split by.
+
+    A protocol key is any setting-defining column (`config_columns`: config keys not ignored, the
+    benchmark's identity) outside the run's own method section, and the method itself. Averaging
+    runs that differ in one (budgets, backbone, benchmark) would print a budget no run had and count
+    two seed-0 runs as two seeds; splitting keeps every row one protocol, and the note says which
+    keys did it, so `--group-by method` still reads as asked where runs agree. Keys of the method's
+    own section (`qk.num_negatives`) may be pooled on purpose: such groups are named in a note.
+    """
+    group_by = check_group_by(runs, group_by)
+    methods = {str(m) for m in runs["method"].unique()}
+
+    def own(column: str) -> bool:
+        return column.split(".", 1)[0] in methods and "." in column
+
+    candidates = ["method"] + [c for c in config_columns if c != "config.method" and not own(c)]
+    candidates = [c for c in candidates if c in runs.columns and c not in group_by]
+    split_by = varying_columns(runs, candidates, within=group_by)
+    notes = []
+    if split_by:
+        notes.append(SPLIT_NOTE.format(asked=",".join(group_by), keys=", ".join(split_by)))
+    columns = [*group_by, *split_by]
+    if "setting_id" in runs.columns:
+        labelled = add_group_column(runs, columns)
+        for group, rows in labelled.groupby("group", sort=True):
+            if rows["setting_id"].nunique() > 1:
+                keys = varying_columns(rows, [c for c in config_columns if c in rows.columns])
+                notes.append(
+                    POOLED_NOTE.format(
+                        group=group, n=rows["setting_id"].nunique(), keys=", ".join(keys)
+                    )
+                )
+    return Grouping(columns=columns, split_by=split_by, notes=notes)
+
+
 def add_group_column(runs: pd.DataFrame, group_by: Sequence[str]) -> pd.DataFrame:
     """A copy of `runs` with a `group` column naming each run's group."""
     runs = runs.copy()
@@ -82,23 +151,33 @@ def summarize(
     group_by: Sequence[str] = DEFAULT_GROUP_BY,
     metrics: Sequence[str] = tuple(RECORD_METRICS),
 ) -> pd.DataFrame:
-    """One row per group: the grouping columns, `group`, `n_seeds`, `seeds`, and for each metric its
-    mean and sample standard deviation (ddof=1; NaN with one seed) over the group's runs.
+    """One row per group: the grouping columns, `group`, `n_seeds` (its runs), `n_settings`,
+    `seeds`, the budget values, and for each metric its mean and sample standard deviation (ddof=1;
+    NaN with one value) over the group's runs, and `<metric>_n`, the number of runs averaged.
 
-    Undefined values (recall@P90 when no cutoff reaches precision 0.9) are left out of that
-    metric's mean and std; `n_seeds` still counts every run of the group."""
+    Values a run does not have (recall@P90 when no cutoff reaches precision 0.9, or a non-finite
+    value the loader left out) are not in that metric's mean and std; `<metric>_n` then falls short
+    of `n_seeds`, which counts every run of the group. Groups should not mix protocols: see
+    `protocol_grouping`."""
     group_by = check_group_by(runs, group_by)
     runs = add_group_column(runs, group_by)
     metrics = [m for m in metrics if m in runs.columns]
     grouped = runs.groupby(list(group_by), sort=True, dropna=False)
-    stats = grouped[metrics].agg(["mean", "std"])
-    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    stats = grouped[metrics].agg(["mean", "std", "count"])
+    stats.columns = [
+        f"{metric}_{'n' if stat == 'count' else stat}" for metric, stat in stats.columns
+    ]
     info = grouped.agg(
         group=("group", "first"),
         n_seeds=("run_id", "size"),
         seeds=("seed", lambda s: ",".join(format_value(v) for v in sorted(s))),
         budget_kind=("budget_kind", lambda s: "/".join(sorted({str(v) for v in s}))),
+        budget_values=(
+            "budget_value",
+            lambda s: "/".join(format_value(v) for v in sorted(set(s.dropna()))),
+        ),
     )
+    info.insert(2, "n_settings", grouped["setting_id"].nunique() if "setting_id" in runs else 1)
     summary = info.join(stats).reset_index()
     return summary
 
@@ -114,6 +193,16 @@ def format_mean_std(mean: float, std: float, decimals: int, *, pm: str = " ± ")
     return f"{text}{pm}{spread}"
 
 
+def format_cell(
+    mean: float, std: float, n: float, total: float, decimals: int, *, pm: str = " ± "
+) -> str:
+    """`format_mean_std`, marked "(n of m)" when only n of the group's m runs have the value."""
+    text = format_mean_std(mean, std, decimals, pm=pm)
+    if text == "—" or math.isnan(n) or n >= total:
+        return text
+    return f"{text} ({int(n)} of {int(total)})"
+
+
 def main_table(summary: pd.DataFrame, *, pm: str = " ± ") -> pd.DataFrame:
     """The main table as display strings: group columns, seeds, then each metric as mean ± std.
 
@@ -121,21 +210,40 @@ def main_table(summary: pd.DataFrame, *, pm: str = " ± ") -> pd.DataFrame:
     run normalized) are left out.
     """
     columns: dict[str, list[str]] = {"group": list(summary["group"])}
-    columns["seeds"] = [str(n) for n in summary["n_seeds"]]
-    budget = []
-    for _, row in summary.iterrows():
-        value = row.get("budget_value_mean", math.nan)
-        budget.append("—" if math.isnan(value) else f"{format_value(value)} {row['budget_kind']}")
-    columns["budget"] = budget
+    columns["seeds"] = [
+        str(n) if k <= 1 else f"{n} ({k} settings)"
+        for n, k in zip(summary["n_seeds"], summary["n_settings"], strict=True)
+    ]
+    columns["budget"] = [
+        f"{values} {kind}" if values else "—"
+        for values, kind in zip(summary["budget_values"], summary["budget_kind"], strict=True)
+    ]
     for metric, header, decimals in MAIN_TABLE_COLUMNS:
         mean_column = f"{metric}_mean"
         if mean_column not in summary or summary[mean_column].isna().all():
             continue
+        counts = summary.get(f"{metric}_n", summary["n_seeds"])
         columns[header] = [
-            format_mean_std(m, s, decimals, pm=pm)
-            for m, s in zip(summary[mean_column], summary[f"{metric}_std"], strict=True)
+            format_cell(m, s, n, total, decimals, pm=pm)
+            for m, s, n, total in zip(
+                summary[mean_column],
+                summary[f"{metric}_std"],
+                counts,
+                summary["n_seeds"],
+                strict=True,
+            )
         ]
     return pd.DataFrame(columns)
+
+
+def shows_partial_counts(summary: pd.DataFrame) -> bool:
+    """Whether the main table marks a cell "(n of m)"."""
+    for metric, _, _ in MAIN_TABLE_COLUMNS:
+        if f"{metric}_n" in summary:
+            shown = summary[f"{metric}_mean"].notna()
+            if (summary.loc[shown, f"{metric}_n"] < summary.loc[shown, "n_seeds"]).any():
+                return True
+    return False
 
 
 def to_markdown(table: pd.DataFrame) -> str:
