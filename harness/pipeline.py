@@ -36,18 +36,11 @@ from harness.config import (
     load_run_config,
     run_is_finished,
 )
+from harness.device import amp_dtype, autocast, dist_info
 from harness.errors import ConfigError, HarnessError
 from harness.record import build_record, device_description, peak_memory_mb
 from harness.seeding import seed_everything
-from harness.train import (
-    LOG_FILENAME,
-    TrainData,
-    TrainResult,
-    amp_dtype,
-    autocast,
-    dist_info,
-    train,
-)
+from harness.train import LOG_FILENAME, TrainData, TrainResult, train
 
 DESCRIPTORS_FILE = "descriptors.h5"
 PREDICTIONS_FILE = "predictions.csv"
