@@ -30,6 +30,7 @@ from harness.atomic import (
     remove_stale_temporaries,
 )
 from harness.config import RunConfig, config_to_dict
+from harness.device import amp_dtype, autocast, dist_info
 from harness.errors import ConfigError, HarnessError
 from harness.record import build_record, device_description, peak_memory_mb
 from harness.run_dir import (
@@ -44,14 +45,7 @@ from harness.run_dir import (
     run_is_finished,
 )
 from harness.seeding import seed_everything
-from harness.train import (
-    TrainData,
-    TrainResult,
-    amp_dtype,
-    autocast,
-    dist_info,
-    train,
-)
+from harness.train import TrainData, TrainResult, train
 
 
 class Stopwatch:

@@ -147,7 +147,7 @@ def test_checkpoints_the_trainer_writes_load_weights_only(tmp_path):
     containers, so resuming never needs unsafe loading."""
     from test_methods_support import build, context
 
-    from harness.train import rng_state
+    from harness.checkpoint import rng_state
     from methods.membank import MemoryBankConfig
 
     configs = {

@@ -15,15 +15,9 @@ from torch.utils.data import Dataset
 
 from harness.config import TrainConfig
 from harness.errors import ConfigError
+from harness.optimization import lr_factor, total_steps_for
 from harness.seeding import StepBatchSampler
-from harness.train import (
-    TrainData,
-    TrainingDiverged,
-    lr_factor,
-    read_log,
-    total_steps_for,
-    train,
-)
+from harness.train import TrainData, TrainingDiverged, read_log, train
 from methods.base import Method, MethodConfig, MethodContext
 
 N_IMAGES, SIZE = 24, 8

@@ -1,0 +1,83 @@
+"""Where training runs: the rank and world size, gradient averaging across ranks, mixed precision,
+and moving batches onto the device.
+
+DDP without DistributedDataParallel: each rank takes its slice of the global batch and gradients are
+averaged across ranks by one all-reduce after `backward`, as DistributedDataParallel would (its
+wrapper cannot be used because QK freezes and unfreezes parameters between phases). Methods gather
+negatives across ranks with gradient-aware all-gathers (lightly's `gather_distributed`), so the
+averaged gradient equals the gradient of the loss on the global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+
+from methods.base import TrainBatch
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) of the current torch.distributed group, or (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Average `.grad` across ranks (what DistributedDataParallel does during backward)."""
+    if world_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean_across_ranks(value: float, world_size: int, device: torch.device) -> float:
+    if world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / world_size
+
+
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """Mixed precision on CUDA only: bfloat16 where supported (no loss scaling), else float16."""
+    if not (amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def images_to_device(
+    images: torch.Tensor, device: torch.device, channels_last: bool
+) -> torch.Tensor:
+    """An image batch on `device`, copied asynchronously from pinned memory on CUDA."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=device.type == "cuda", memory_format=fmt)
+
+
+def batch_to_device(batch: dict, device: torch.device, channels_last: bool) -> TrainBatch:
+    """A TrainingDataset batch ("views", "index", optional "clean") as a TrainBatch on `device`."""
+    return TrainBatch(
+        views=[images_to_device(v, device, channels_last) for v in batch["views"]],
+        indices=batch["index"].to(device, non_blocking=device.type == "cuda"),
+        clean=(
+            images_to_device(batch["clean"], device, channels_last)
+            if batch.get("clean") is not None
+            else None
+        ),
+    )

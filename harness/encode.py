@@ -1,0 +1,50 @@
+"""The training set encoded for a method's hooks (TrainContext.encode_training_set): `fn` over every
+image, batched and without grad, each image under its own seed so a resumed run recomputes exactly
+the same features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from harness.device import autocast, images_to_device
+from harness.seeding import STREAM_ENCODE, SeededItems, derive_seeds
+
+
+def encode_dataset(
+    dataset: Dataset,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    seed: int,
+    seed_key: int,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    channels_last: bool,
+    amp_dtype: torch.dtype | None,
+    desc: str,
+    progress: bool,
+) -> torch.Tensor:
+    """`fn` over the `(image, index, id)` items of `dataset`, outputs stacked in index order as
+    float32. Item i is computed under a seed derived from (`seed`, `seed_key`, i)."""
+    n = len(dataset)
+    seeds = derive_seeds(seed, STREAM_ENCODE, seed_key, count=n)
+    keys = list(zip(range(n), seeds.tolist(), strict=True))
+    loader = DataLoader(
+        SeededItems(dataset),
+        batch_size=batch_size,
+        sampler=keys,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    outputs = []
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    with torch.no_grad(), autocast(amp_dtype):
+        for images, _, _ in bar:
+            images = images_to_device(images, device, channels_last)
+            outputs.append(fn(images).float())
+    return torch.cat(outputs)
