@@ -12,21 +12,17 @@ import yaml
 from slurm_cluster import counting_run
 
 from harness.errors import ConfigError
-from harness.launch import load_profile
-from harness.sweep import (
-    expand_grid,
+from harness.slurm_profile import load_profile
+from harness.sweep import run_states, status_table, submit_sweep_runs
+from harness.sweep_dir import (
     grid_points,
     is_sweep_directory,
     load_manifest,
-    load_sweep_spec,
     prepare_sweep,
-    resolve_runs,
-    run_states,
-    spec_from_dict,
-    status_table,
-    submit_sweep_runs,
     submitted_spec_path,
 )
+from harness.sweep_grid import expand_grid, resolve_runs
+from harness.sweep_spec import load_sweep_spec, spec_from_dict
 
 REPO = Path(__file__).parent.parent
 TINY_BASE = yaml.safe_load((REPO / "configs" / "sweeps" / "tiny.yaml").read_text())["base"]
