@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,12 +104,18 @@ def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_profile(
-    name_or_path: str | os.PathLike | None = None, overrides: Iterable[str] = ()
+    name_or_path: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    settings: Mapping[str, Any] | None = None,
+    settings_from: str = "profile settings",
 ) -> SlurmProfile:
-    """Profile from YAML (or the defaults when None) plus `key=value` overrides.
+    """Profile from YAML (or the defaults when None), then `settings`, then `key=value` overrides.
 
-    Override values are parsed as YAML (`time_min=30`, `partition=gpu`, `setup=[a, b]`; an empty
-    value is null); `extra_sbatch.NAME=VALUE` sets a single extra sbatch option.
+    `settings` are values already read from YAML (a sweep file's `slurm:`): they keep their types
+    (`null` stays None); `settings_from` names them in messages. Override values are parsed as YAML
+    (`time_min=30`, `partition=gpu`, `setup=[a, b]`; an empty value is null). In both, a dotted
+    key `extra_sbatch.NAME` sets a single extra sbatch option.
     """
     values: dict[str, Any] = {}
     where = "the default SLURM profile"
@@ -117,6 +123,10 @@ def load_profile(
         path = resolve_profile_path(name_or_path)
         values, where = load_yaml(path), str(path)
     profile = _build_profile(values, where)
+    if settings:
+        for key, value in settings.items():
+            apply_override(values, str(key).split("."), value, where=settings_from)
+        profile = _build_profile(values, settings_from)
     for text in overrides:
         keys, value = parse_override(text, flag="--slurm-set", usage="key=value", empty=None)
         where = f"--slurm-set {text!r}"

@@ -18,11 +18,14 @@ A sweep file (configs/sweeps/*.yaml):
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
+from harness.slurm_profile import SlurmProfile, load_profile
 from harness.typed_yaml import load_yaml
 
 SPEC_KEYS = (
@@ -109,4 +112,19 @@ def spec_from_dict(data: Any, *, source: str = "<sweep>", default_name: str = "s
         slurm=slurm,
         description=str(data.get("description") or ""),
         source=source,
+    )
+
+
+def sweep_profile(
+    spec: SweepSpec,
+    name_or_path: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+) -> SlurmProfile:
+    """The SLURM profile of a sweep's jobs: `name_or_path` (else the file's `slurm_profile`), the
+    file's `slurm:` values as typed as YAML read them, then the command line's `key=value`."""
+    return load_profile(
+        name_or_path or spec.slurm_profile,
+        overrides,
+        settings=spec.slurm,
+        settings_from=f"{spec.source}: slurm",
     )
