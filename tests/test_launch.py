@@ -11,17 +11,11 @@ import pytest
 from slurm_cluster import counting_run, make_counting_run_dir
 
 from harness.errors import ConfigError
-from harness.launch import (
-    PROFILE_DIR,
-    RunJob,
-    SlurmProfile,
-    format_table,
-    job_failure,
-    launch_run_dir,
-    load_profile,
-    make_executor,
-    profile_keys,
-)
+from harness.job_process import RunJob
+from harness.job_state import job_failure
+from harness.launch import launch_run_dir, make_executor
+from harness.slurm_profile import PROFILE_DIR, SlurmProfile, load_profile, profile_keys
+from harness.text_table import format_table
 
 
 def test_shipped_profiles_load():
@@ -137,7 +131,7 @@ def test_local_launcher_resumes_and_reports_failure(tmp_path):
 def test_forked_children_get_default_signal_handlers():
     import os
 
-    from harness.launch import _reset_signals_in_forked_children
+    from harness.job_process import _reset_signals_in_forked_children
 
     previous = signal.signal(signal.SIGTERM, lambda *a: None)
     try:

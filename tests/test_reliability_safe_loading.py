@@ -20,7 +20,7 @@ PICKLE_ALLOWED = {
     # AugLy's own font charset files, shipped inside the installed augly package.
     ("harness/data/edits.py", "pickle.load"),
     # submitit's result pickles, written by our own jobs into our own log folder.
-    ("harness/launch.py", "submitit.core.utils.pickle_load"),
+    ("harness/job_state.py", "submitit.core.utils.pickle_load"),
 }
 
 

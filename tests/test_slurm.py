@@ -17,14 +17,10 @@ from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
 )
 
 from harness.errors import HarnessError
-from harness.launch import (
-    RunJob,
-    launch_run_dir,
-    load_profile,
-    slurm_states,
-    submit_runs,
-    wait_jobs,
-)
+from harness.job_process import RunJob
+from harness.job_state import slurm_states, wait_jobs
+from harness.launch import launch_run_dir, submit_runs
+from harness.slurm_profile import load_profile
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -168,13 +164,9 @@ def test_run_job_pickles_only_a_path(tmp_path):
 
 
 def test_sweep_is_one_job_array_and_status_shows_the_failure(tmp_path, profile):
-    from harness.sweep import (
-        load_sweep_spec,
-        prepare_sweep,
-        run_states,
-        status_table,
-        submit_sweep_runs,
-    )
+    from harness.sweep import run_states, status_table, submit_sweep_runs
+    from harness.sweep_dir import prepare_sweep
+    from harness.sweep_spec import load_sweep_spec
 
     spec = load_sweep_spec(Path(__file__).parent.parent / "configs" / "sweeps" / "tiny.yaml")
     sweep_dir = tmp_path / "tiny"

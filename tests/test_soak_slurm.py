@@ -22,8 +22,11 @@ import pytest
 from slurm_cluster import counting_run, slurm_cluster, wait_until  # noqa: F401  (fixture)
 
 from harness.atomic import atomic_write_json
-from harness.launch import load_profile, wait_jobs
-from harness.sweep import prepare_sweep, spec_from_dict, submit_sweep_runs
+from harness.job_state import wait_jobs
+from harness.slurm_profile import load_profile
+from harness.sweep import submit_sweep_runs
+from harness.sweep_dir import prepare_sweep
+from harness.sweep_spec import spec_from_dict
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

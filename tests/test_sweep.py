@@ -12,21 +12,17 @@ import yaml
 from slurm_cluster import counting_run
 
 from harness.errors import ConfigError
-from harness.launch import load_profile
-from harness.sweep import (
-    expand_grid,
+from harness.slurm_profile import load_profile
+from harness.sweep import run_states, status_table, submit_sweep_runs
+from harness.sweep_dir import (
     grid_points,
     is_sweep_directory,
     load_manifest,
-    load_sweep_spec,
     prepare_sweep,
-    resolve_runs,
-    run_states,
-    spec_from_dict,
-    status_table,
-    submit_sweep_runs,
     submitted_spec_path,
 )
+from harness.sweep_grid import expand_grid, resolve_runs
+from harness.sweep_spec import load_sweep_spec, spec_from_dict, sweep_profile
 
 REPO = Path(__file__).parent.parent
 TINY_BASE = yaml.safe_load((REPO / "configs" / "sweeps" / "tiny.yaml").read_text())["base"]
@@ -88,6 +84,39 @@ def test_unknown_config_key_names_the_grid_point():
         resolve_runs(spec)
     with pytest.raises(ConfigError, match="no `method`"):
         resolve_runs(spec_from_dict({"grid": {"seed": [0]}}, source="s.yaml"))
+
+
+@pytest.mark.slow
+def test_sweep_file_slurm_values_keep_their_types(tmp_path):
+    # `slurm: {mem_gb: null}` must reach the profile as None, not as the text "None".
+    profile = tmp_path / "p.yaml"
+    profile.write_text("partition: gpu\nmem_gb: 16\n")
+    sweep = _write(
+        tmp_path,
+        {
+            "base": TINY_BASE,
+            "grid": {"method": ["simclr"]},
+            "slurm_profile": str(profile),
+            "slurm": {"partition": None, "mem_gb": None},
+        },
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness", "sweep", str(sweep), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    spec = load_sweep_spec(sweep)
+    assert (sweep_profile(spec).partition, sweep_profile(spec).mem_gb) == (None, None)
+    # The command line still wins over the file; the file's values win over its profile.
+    assert sweep_profile(spec, None, ["partition=cpu"]).partition == "cpu"
+    typed = spec_from_dict({"grid": {"method": ["qk"]}, "slurm": {"account": "0123"}})
+    assert sweep_profile(typed).account == "0123"  # as text, 0123 would read as a number
+    bad = spec_from_dict({"grid": {"method": ["qk"]}, "slurm": {"nodes": 0}}, source="s.yaml")
+    with pytest.raises(ConfigError, match=r"s\.yaml: slurm: nodes must be >= 1"):
+        sweep_profile(bad)
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

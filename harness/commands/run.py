@@ -145,7 +145,8 @@ def main(args: argparse.Namespace) -> int:
     run_dir = prepare_run_dir(cfg, args.out, overwrite=args.overwrite)
     print(f"run directory: {run_dir}")
     if args.launcher != "inline":
-        from harness.launch import launch_run_dir, load_profile
+        from harness.launch import launch_run_dir
+        from harness.slurm_profile import load_profile
 
         profile = load_profile(args.slurm_profile, args.slurm_set)
         result = launch_run_dir(run_dir, args.launcher, profile=profile)

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from harness.launch import SlurmProfile
+    from harness.slurm_profile import SlurmProfile
     from harness.sweep import load_manifest, run_states, status_table, submit_sweep_runs
 
     manifest = load_manifest(args.sweep_dir)

@@ -60,22 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from harness.launch import format_table, load_profile, wait_jobs
-    from harness.sweep import (
-        load_sweep_spec,
-        prepare_sweep,
-        resolve_runs,
-        run_states,
-        status_table,
-        submit_sweep_runs,
-        wait_for_queued_runs,
-    )
+    from harness.job_state import wait_jobs
+    from harness.sweep import run_states, status_table, submit_sweep_runs, wait_for_queued_runs
+    from harness.sweep_dir import prepare_sweep
+    from harness.sweep_grid import resolve_runs
+    from harness.sweep_spec import load_sweep_spec, sweep_profile
+    from harness.text_table import format_table
 
     spec = load_sweep_spec(args.sweep_file)
     resolved = resolve_runs(spec)
     launcher = args.launcher or spec.launcher
-    overrides = [f"{k}={v}" for k, v in spec.slurm.items()] + list(args.slurm_set)
-    profile = load_profile(args.slurm_profile or spec.slurm_profile, overrides)
+    profile = sweep_profile(spec, args.slurm_profile, args.slurm_set)
     sweep_dir = args.out or Path("results") / "sweeps" / spec.name
     if args.dry_run:
         rows = [

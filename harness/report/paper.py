@@ -21,7 +21,8 @@ from harness.atomic import atomic_write_text
 from harness.report.build import Report, build_report
 from harness.report.records import SkippedRun
 from harness.report.tables import format_mean_std, main_table, to_markdown
-from harness.sweep import grid_points, is_sweep_directory, load_sweep_spec, submitted_spec_path
+from harness.sweep_dir import grid_points, is_sweep_directory, submitted_spec_path
+from harness.sweep_spec import load_sweep_spec
 
 # The seed paper's own figures (DISC21 phase 1 µAP, QK iteration against a SimCLR-style method with
 # in-batch negatives only). Quoted next to ours for orientation: a different benchmark and budget.
