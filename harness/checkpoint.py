@@ -69,6 +69,7 @@ def write_checkpoint(
     step: int,
     images_seen: int,
     train_seconds: float,
+    wall_seconds: float,
     method: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -80,6 +81,8 @@ def write_checkpoint(
         "step": step,
         "images_seen": images_seen,
         "train_seconds": train_seconds,
+        # Wall-clock of every process so far: a resumed run's record adds it to its own.
+        "wall_seconds": wall_seconds,
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -78,6 +78,9 @@ class TrainResult:
     resumed_from: int | None = None
     final_loss: float | None = None
     log: list[dict] = field(default_factory=list)
+    # Wall-clock the processes before this one spent, up to the checkpoint it resumed from (None:
+    # not resumed, or a checkpoint that did not carry it); the record adds it to its timings.
+    earlier_wall_seconds: float | None = None
 
 
 def read_log(path: Path) -> list[dict]:
@@ -127,6 +130,8 @@ class Trainer:
         self.checkpoint_step: int | None = None  # the step the checkpoint on disk resumes at
         self.images_seen = 0
         self.train_seconds = 0.0
+        self.wall_started = time.perf_counter()
+        self.earlier_wall_seconds: float | None = None
         self.log: list[dict] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
@@ -330,6 +335,7 @@ class Trainer:
             resumed_from=resumed_from,
             final_loss=last_loss,
             log=list(self.log),
+            earlier_wall_seconds=self.earlier_wall_seconds,
         )
 
     # --- budget -------------------------------------------------------------------------------
@@ -357,6 +363,9 @@ class Trainer:
                 step=self.step,
                 images_seen=self.images_seen,
                 train_seconds=self.train_seconds,
+                wall_seconds=(self.earlier_wall_seconds or 0.0)
+                + time.perf_counter()
+                - self.wall_started,
                 method=self.method,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
@@ -381,6 +390,8 @@ class Trainer:
         self.step = self.checkpoint_step = int(state["step"])
         self.images_seen = int(state["images_seen"])
         self.train_seconds = float(state["train_seconds"])
+        if state.get("wall_seconds") is not None:
+            self.earlier_wall_seconds = float(state["wall_seconds"])
         # The log always ends where its checkpoint does: later lines belong to lost steps.
         self.log = [line for line in read_log(self.log_path) if line["step"] < self.step]
         return state

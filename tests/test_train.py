@@ -227,6 +227,10 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     torch.manual_seed(123)  # a fresh process would not share the interrupted one's RNG
     resumed, result = run(tmp_path, "resumed", method=make_method())
     assert result.resumed_from == 4 and resumed.start_calls == [4]
+    # The interrupted process's wall-clock up to its step-4 checkpoint travels with it.
+    full = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)
+    assert full["wall_seconds"] >= full["train_seconds"] > 0
+    assert ref_result.earlier_wall_seconds is None and result.earlier_wall_seconds > 0
     assert_same_state(reference, resumed)
     # Losses, lrs and phase logs, step by step (throughput is a timing, not a result).
     assert without_speed(result.log) == without_speed(ref_result.log)

@@ -3,7 +3,7 @@ equal budget, the difference of their seed means with its standard error, the ne
 sweeps, and the QK paper's own numbers beside them.
 
 Which runs form the equal-budget comparison is read from the sweep directory through
-`harness.sweep`; method names come from the method registry (`display_name`).
+`harness.sweep_dir` and `harness.sweep_spec`; method names come from the method registry (`display_name`).
 """
 
 from __future__ import annotations
