@@ -84,7 +84,7 @@ class LoadedData:
     train_data: TrainData
 
 
-def load_data(cfg: RunConfig, *, progress: bool = True) -> LoadedData:
+def load_data(cfg: RunConfig) -> LoadedData:
     from harness.augment import build_preset, eval_transform
     from harness.data import ImageDataset, TrainingDataset, load_benchmark
     from harness.data.synth import SynthParams, resolve_data
@@ -172,16 +172,116 @@ def extract_descriptors(
     return Descriptors(np.asarray(ids, dtype=str), matrix.astype(np.float32))
 
 
-def _score_normalization(cfg: RunConfig):
+# The benchmark's splits, extracted in this order: (name in the descriptors file, the Benchmark
+# attribute holding the images, the role the method describes them in). Training images are
+# described as references: score normalization compares queries against them.
+SPLITS = (
+    ("query", "queries", "query"),
+    ("reference", "references", "reference"),
+    ("training", "training", "reference"),
+)
+
+
+def _score_normalization(cfg: RunConfig, n_training: int):
     from harness.isc import ScoreNormalization
 
     if not cfg.eval.score_norm:
         return None
+    if cfg.eval.score_norm_n > n_training:
+        raise ConfigError(
+            f"eval.score_norm_n ({cfg.eval.score_norm_n}) is larger than the training set "
+            f"({n_training} images)"
+        )
     return ScoreNormalization(
         beta=cfg.eval.score_norm_beta,
         n=cfg.eval.score_norm_n,
         reduction=cfg.eval.score_norm_reduction,
     )
+
+
+def _train(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, progress: bool):
+    """Train (or resume) the method; a method that does not train gets an empty log."""
+    if method.trains():
+        return train(
+            method,
+            data.train_data,
+            cfg.train,
+            seed=cfg.seed,
+            run_dir=run_dir,
+            device=device,
+            progress=progress,
+        )
+    method.to(device)
+    atomic_write_text(run_dir / LOG_FILENAME, "")
+    return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0)
+
+
+def _extract(method, benchmark, cfg: RunConfig, run_dir: Path, device, progress: bool):
+    """Descriptors of every split, written to the run's descriptors file."""
+    from harness.isc import write_descriptors
+
+    descriptors = {
+        name: extract_descriptors(
+            method, getattr(benchmark, images), role, cfg, device, split=images, progress=progress
+        )
+        for name, images, role in SPLITS
+    }
+    write_descriptors(run_dir / DESCRIPTORS_FILE, **descriptors)
+    return descriptors
+
+
+@dataclass
+class Scores:
+    metrics: dict[str, dict[str, Any]]  # "raw", and "normalized" with score normalization
+    files: dict[str, str]  # the record's `files`: kind -> name in the run directory
+
+
+def _score(descriptors, gt, cfg: RunConfig, score_norm, run_dir: Path, clock, progress: bool):
+    """Search and score the raw descriptors and, with score normalization, the normalized ones;
+    write their predictions and precision-recall curves."""
+    from harness.isc import evaluate_descriptors, precision_recall_curve, write_predictions
+
+    # row -> (score normalization, record `files` key, predictions file, pr_curve key prefix)
+    rows = {"raw": (None, "predictions", PREDICTIONS_FILE, "")}
+    if score_norm is not None:
+        rows["normalized"] = (
+            score_norm,
+            "predictions_normalized",
+            NORMALIZED_PREDICTIONS_FILE,
+            "normalized_",
+        )
+    # Every search runs before any predictions file is written, as a kill-and-resume expects.
+    evaluations = {
+        row: evaluate_descriptors(
+            gt,
+            descriptors["query"],
+            descriptors["reference"],
+            descriptors["training"],
+            score_norm=norm,
+            max_results=cfg.eval.max_results,
+            knn=cfg.eval.knn,
+            metric=cfg.eval.metric,
+            progress=progress,
+            stage=clock,
+        )
+        for row, (norm, *_) in rows.items()
+    }
+    files = {
+        "predictions": PREDICTIONS_FILE,
+        "descriptors": DESCRIPTORS_FILE,
+        "pr_curve": PR_CURVE_FILE,
+        "log": LOG_FILENAME,
+    }
+    curves = {}
+    with clock("metrics"):
+        for row, (_, kind, name, prefix) in rows.items():
+            predictions = evaluations[row][0]
+            precision, recall, _ = precision_recall_curve(gt, predictions)
+            curves.update({f"{prefix}precision": precision, f"{prefix}recall": recall})
+            write_predictions(run_dir / name, predictions)
+            files[kind] = name
+        _write_pr_curve(run_dir / PR_CURVE_FILE, curves)
+    return Scores({row: metrics.to_dict() for row, (_, metrics) in evaluations.items()}, files)
 
 
 def _write_pr_curve(path: Path, curves: dict[str, np.ndarray]) -> None:
@@ -190,8 +290,6 @@ def _write_pr_curve(path: Path, curves: dict[str, np.ndarray]) -> None:
             np.savez(handle, **curves)
 
 
-def _untrained(method) -> TrainResult:
-    return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0)
 
 
 @contextmanager
@@ -233,16 +331,6 @@ def execute_run_dir(run_dir: str | Path, *, progress: bool = True) -> dict[str, 
 
 
 def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
-    from harness.isc import (
-        evaluate,
-        normalized_search,
-        precision_recall_curve,
-        search,
-        write_descriptors,
-        write_predictions,
-    )
-
-    run_dir = Path(run_dir)
     record_path = run_dir / RECORD_FILENAME
     if run_is_finished(run_dir):
         return json.loads(record_path.read_text())
@@ -250,97 +338,20 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
     clock = Stopwatch()
     started = time.perf_counter()
     device = pick_device(cfg.train.device)
-    rank, _ = dist_info()
 
     with clock("data"):
-        data = load_data(cfg, progress=progress)
+        data = load_data(cfg)
     benchmark = data.benchmark
     method = build_method(cfg, len(benchmark.training), device)
-    score_norm = _score_normalization(cfg)
-    if score_norm is not None and score_norm.n > len(benchmark.training):
-        raise ConfigError(
-            f"eval.score_norm_n ({score_norm.n}) is larger than the training set "
-            f"({len(benchmark.training)} images)"
-        )
-
+    score_norm = _score_normalization(cfg, len(benchmark.training))
     with clock("train"):
-        if method.trains():
-            result = train(
-                method,
-                data.train_data,
-                cfg.train,
-                seed=cfg.seed,
-                run_dir=run_dir,
-                device=device,
-                progress=progress,
-            )
-        else:
-            method.to(device)
-            result = _untrained(method)
-            atomic_write_text(run_dir / LOG_FILENAME, "")
+        result = _train(method, data, cfg, run_dir, device, progress)
+    rank, _ = dist_info()
     if rank != 0:  # other DDP ranks only train; rank 0 evaluates and writes the record
         return {}
-
     with clock("extract"):
-        descriptors = {
-            "query": extract_descriptors(
-                method, benchmark.queries, "query", cfg, device, split="queries", progress=progress
-            ),
-            "reference": extract_descriptors(
-                method,
-                benchmark.references,
-                "reference",
-                cfg,
-                device,
-                split="references",
-                progress=progress,
-            ),
-            "training": extract_descriptors(
-                method,
-                benchmark.training,
-                "reference",
-                cfg,
-                device,
-                split="training",
-                progress=progress,
-            ),
-        }
-        write_descriptors(run_dir / DESCRIPTORS_FILE, **descriptors)
-
-    search_options = dict(max_results=cfg.eval.max_results, knn=cfg.eval.knn, progress=progress)
-    with clock("search"):
-        raw_predictions = search(
-            descriptors["query"], descriptors["reference"], metric=cfg.eval.metric, **search_options
-        )
-        normalized_predictions = None
-        if score_norm is not None:
-            normalized_predictions = normalized_search(
-                descriptors["query"],
-                descriptors["reference"],
-                descriptors["training"],
-                score_norm,
-                **search_options,
-            )
-    with clock("metrics"):
-        gt = benchmark.ground_truth
-        metrics_raw = evaluate(gt, raw_predictions).to_dict()
-        precision, recall, _ = precision_recall_curve(gt, raw_predictions)
-        curves = {"precision": precision, "recall": recall}
-        write_predictions(run_dir / PREDICTIONS_FILE, raw_predictions)
-        files = {
-            "predictions": PREDICTIONS_FILE,
-            "descriptors": DESCRIPTORS_FILE,
-            "pr_curve": PR_CURVE_FILE,
-            "log": LOG_FILENAME,
-        }
-        metrics_normalized = None
-        if normalized_predictions is not None:
-            metrics_normalized = evaluate(gt, normalized_predictions).to_dict()
-            precision, recall, _ = precision_recall_curve(gt, normalized_predictions)
-            curves.update(normalized_precision=precision, normalized_recall=recall)
-            write_predictions(run_dir / NORMALIZED_PREDICTIONS_FILE, normalized_predictions)
-            files["predictions_normalized"] = NORMALIZED_PREDICTIONS_FILE
-        _write_pr_curve(run_dir / PR_CURVE_FILE, curves)
+        descriptors = _extract(method, benchmark, cfg, run_dir, device, progress)
+    scores = _score(descriptors, benchmark.ground_truth, cfg, score_norm, run_dir, clock, progress)
 
     timings = {**clock.seconds, "total": time.perf_counter() - started}
     record = build_record(
@@ -359,10 +370,14 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
         negatives_per_step=method.negatives_per_step(batch_size=cfg.train.batch_size),
         timings=timings,
         peak_memory=peak_memory_mb(device),
-        metrics_raw=metrics_raw,
-        metrics_normalized=metrics_normalized,
-        files=files,
+        metrics_raw=scores.metrics["raw"],
+        metrics_normalized=scores.metrics.get("normalized"),
+        files=scores.files,
         extra={"final_loss": result.final_loss},
+        # A resumed run's wall-clock adds the earlier processes' (up to their last checkpoint).
+        earlier_timings=None
+        if result.earlier_wall_seconds is None
+        else dict.fromkeys(("train", "total"), result.earlier_wall_seconds),
     )
     atomic_write_json(record_path, record)
     return record

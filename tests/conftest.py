@@ -1,8 +1,12 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and what several test modules import from here (`from conftest
+import ...`): the tiny run's overrides, the command-line helpers, the published metric keys."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterable
 
 import pytest
 
@@ -31,3 +35,47 @@ def tiny_benchmark(tmp_path_factory):
 
     params = SynthParams(references=16, training=20, queries=8, size=32)
     return synthesize(tmp_path_factory.mktemp("bench") / "mini", params, workers=1, progress=False)
+
+
+def tiny_run_overrides(*extra: str, embedding_dim: int = 16, batch_size: int = 8) -> list[str]:
+    """Config overrides of a run that trains in seconds: the test backbone at 32 px, no DataLoader
+    worker processes, then `extra` (each module's budget and sizes)."""
+    return [
+        "model.backbone=test_resnet",
+        "model.image_size=32",
+        f"model.embedding_dim={embedding_dim}",
+        f"train.batch_size={batch_size}",
+        "train.num_workers=0",
+        "data.workers=0",
+        *extra,
+    ]
+
+
+def set_flags(overrides: Iterable[str]) -> list[str]:
+    """`--set KEY=VALUE` for each override, as a user types them."""
+    return [flag for item in overrides for flag in ("--set", item)]
+
+
+def harness_command(*argv: str) -> list[str]:
+    """The command line of `python -m harness ARGV` under this interpreter."""
+    return [sys.executable, "-m", "harness", *argv]
+
+
+def run_harness(*argv: str, timeout: float | None, **options) -> subprocess.CompletedProcess:
+    """`python -m harness ARGV` in a fresh interpreter, as a shell or a scheduler runs it, to its
+    end; its stdout and stderr are captured as text. `options` go to subprocess.run."""
+    return subprocess.run(
+        harness_command(*argv), capture_output=True, text=True, timeout=timeout, **options
+    )
+
+
+# The keys of harness.isc.Metrics.to_dict(), in their published order.
+METRIC_KEYS = [
+    "average_precision",
+    "recall_at_p90",
+    "threshold_at_p90",
+    "recall_at_rank1",
+    "recall_at_rank10",
+    "n_predictions",
+    "n_gt",
+]

@@ -12,8 +12,6 @@ import fractions
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,21 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_harness, set_flags, tiny_run_overrides
 from PIL import Image
 
 from harness.cli import main
 from harness.isc import Descriptors, write_descriptors
 
-TINY = [
-    "model.backbone=test_resnet",
-    "model.image_size=32",
-    "model.embedding_dim=16",
-    "train.batch_size=8",
-    "train.budget_value=2",
-    "train.num_workers=0",
-    "data.workers=0",
-    "eval.score_norm_n=2",
-]
+TINY = tiny_run_overrides("train.budget_value=2", "eval.score_norm_n=2")
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +45,7 @@ class Workspace:
 
     def run_args(self, *extra: str) -> list[str]:
         argv = ["run", "--method", "simclr", "--data", str(self.bench), "--out", str(self.out)]
-        for item in TINY:
-            argv += ["--set", item]
-        return [*argv, "--no-progress", *extra]
+        return [*argv, *set_flags(TINY), "--no-progress", *extra]
 
     def first(self, split: str) -> Path:
         return sorted((self.bench / split).iterdir())[0]
@@ -474,12 +462,7 @@ def test_the_process_exit_status_is_2_not_just_the_return_value(workspace):
     """One row end to end in a fresh interpreter, as a shell or a scheduler sees it."""
     path = workspace.root / "predictions.csv"
     path.write_text("Q00000,R000001,0.5\nQ00000,R000001,0.4\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "harness", *workspace.score_args("--predictions", str(path))],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_harness(*workspace.score_args("--predictions", str(path)), timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"error: {path}:2: duplicate prediction Q00000,R000001 (first on line 1)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_harness
 
 from harness.benchmarks import discover
 from harness.benchmarks import metrics as metrics_bench
@@ -80,25 +81,9 @@ def test_format_table_aligns_columns():
 @pytest.mark.slow
 def test_quick_bench_runs_unchanged(tmp_path):
     """What CI promises: `bench --quick` at its real quick sizes (figures printed, not asserted)."""
-    import subprocess
-    import sys
-
     out = tmp_path / "quick.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "bench",
-            "metrics",
-            "search",
-            "--quick",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    done = run_harness(
+        "bench", "metrics", "search", "--quick", "--json", str(out), timeout=None, check=True
     )
     print(done.stdout)
     report = json.loads(out.read_text())

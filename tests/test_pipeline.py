@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import METRIC_KEYS, tiny_run_overrides
 
 from harness.config import resolve_config
 from harness.errors import ConfigError
@@ -15,19 +16,15 @@ from harness.pipeline import execute_run_dir
 from harness.run_dir import prepare_run_dir
 from harness.train import read_log
 
-TINY = [
-    "model.backbone=test_resnet",
-    "model.image_size=32",
-    "model.embedding_dim=32",
-    "train.batch_size=16",
+TINY = tiny_run_overrides(
     "train.budget_value=4",
     "train.warmup_steps=1",
     "train.checkpoint_every=2",
-    "train.num_workers=0",
-    "data.workers=0",
     "eval.batch_size=64",
     "eval.score_norm_n=3",
-]
+    embedding_dim=32,
+    batch_size=16,
+)
 RECORD_KEYS = {
     "schema_version",
     "status",
@@ -46,15 +43,6 @@ RECORD_KEYS = {
     "peak_memory_mb",
     "metrics",
     "files",
-}
-METRIC_KEYS = {
-    "average_precision",
-    "recall_at_p90",
-    "threshold_at_p90",
-    "recall_at_rank1",
-    "recall_at_rank10",
-    "n_predictions",
-    "n_gt",
 }
 
 
@@ -95,7 +83,7 @@ def test_smoke_run_writes_a_complete_record(tiny_benchmark, tmp_path):
     assert record["versions"]["torch"] and record["versions"]["faiss"]
     for variant in ("raw", "normalized"):
         metrics = record["metrics"][variant]
-        assert set(metrics) == METRIC_KEYS
+        assert set(metrics) == set(METRIC_KEYS)
         assert 0 <= metrics["average_precision"] <= 1
         assert metrics["n_predictions"] == 300  # the ISC cap: 10 x 30 queries
 
@@ -128,6 +116,10 @@ def test_finished_run_is_returned_not_redone_and_unfinished_run_resumes(tiny_ben
     again = execute_run_dir(run_dir, progress=False)
     assert again["budget"]["resumed_from"] == 4 and again["budget"]["steps"] == 4
     assert again["metrics"] == first["metrics"]
+    # Its wall-clock is the whole run's: the first process's training is added, and named.
+    earlier = again["timings_before_resume"]
+    assert earlier["train"] == earlier["total"] > 0
+    assert again["timings"]["total"] > earlier["total"] >= first["budget"]["train_seconds"]
 
 
 @pytest.mark.slow

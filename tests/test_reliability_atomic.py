@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import harness_command, set_flags, tiny_run_overrides
 
 from harness.isc import read_descriptors, read_predictions
 
@@ -136,25 +137,15 @@ def test_generated_benchmark_appears_complete_or_not_at_all(tmp_path):
     assert len(list((target / "references").iterdir())) == 8
 
 
-TINY = [
-    "model.backbone=test_resnet",
-    "model.image_size=32",
-    "model.embedding_dim=16",
-    "train.batch_size=8",
-    "train.budget_value=3",
-    "train.warmup_steps=1",
-    "train.num_workers=0",
-    "data.workers=0",
-    "eval.score_norm_n=2",
-]
+TINY = tiny_run_overrides("train.budget_value=3", "train.warmup_steps=1", "eval.score_norm_n=2")
 
 
 def _run_command(benchmark: Path, out: Path, seed: int) -> list[str]:
-    argv = [sys.executable, "-m", "harness", "run", "--method", "simclr", "--no-progress"]
-    argv += ["--data", str(benchmark), "--out", str(out), "--seed", str(seed)]
-    for item in TINY:
-        argv += ["--set", item]
-    return argv
+    return harness_command(
+        *("run", "--method", "simclr", "--no-progress"),
+        *("--data", str(benchmark), "--out", str(out), "--seed", str(seed)),
+        *set_flags(TINY),
+    )
 
 
 def _sha(path: Path) -> str:
@@ -249,7 +240,7 @@ def test_two_sweeps_into_one_directory_at_once_leave_one_record_per_run(tmp_path
     spec = tmp_path / "two.yaml"
     spec.write_text(TWO_RUN_SWEEP)
     out = tmp_path / "sweep"
-    argv = [sys.executable, "-m", "harness", "sweep", str(spec), "--launcher", "local"]
+    argv = harness_command("sweep", str(spec), "--launcher", "local")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(

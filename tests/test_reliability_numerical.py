@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_harness, set_flags, tiny_run_overrides
 from test_methods_support import FakeTrainer, build, images, make_batch
 from test_train import cfg, make_method, run
 
@@ -17,16 +16,10 @@ from harness.errors import HarnessError
 from harness.train import TrainingDiverged, read_log
 from methods.qk import QKConfig
 
-TINY = [
-    "model.backbone=test_resnet",
-    "model.image_size=32",
-    "model.embedding_dim=16",
-    "train.batch_size=8",
+TINY = tiny_run_overrides(
     "train.budget_value=6",
     "train.checkpoint_every=1",
     "train.warmup_steps=1",
-    "train.num_workers=0",
-    "data.workers=0",
     "eval.score_norm_n=2",
     # A learning rate no model survives: SGD's weights overflow and the loss turns NaN. Without
     # the head's BatchNorm: with it, the very first step already leaves inf in the weights, which
@@ -35,7 +28,7 @@ TINY = [
     "train.optimizer=sgd",
     "train.lr=1e38",
     "train.schedule=constant",
-]
+)
 
 
 def _sha(path) -> str:
@@ -46,11 +39,9 @@ def _sha(path) -> str:
 def test_diverging_run_stops_with_the_cause_and_keeps_the_last_good_checkpoint(
     tiny_benchmark, tmp_path
 ):
-    argv = [sys.executable, "-m", "harness", "run", "--method", "simclr", "--no-progress"]
-    argv += ["--data", str(tiny_benchmark), "--out", str(tmp_path)]
-    for item in TINY:
-        argv += ["--set", item]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    argv = ["run", "--method", "simclr", "--no-progress"]
+    argv += ["--data", str(tiny_benchmark), "--out", str(tmp_path), *set_flags(TINY)]
+    done = run_harness(*argv, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     (run_dir,) = tmp_path.iterdir()
@@ -76,7 +67,7 @@ def test_diverging_run_stops_with_the_cause_and_keeps_the_last_good_checkpoint(
     # The same command again resumes from the kept checkpoint, meets the same fault, and
     # overwrites nothing.
     before = {p.name: _sha(p) for p in (checkpoint, run_dir / "config.yaml")}
-    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    again = run_harness(*argv, timeout=300)
     assert again.returncode == 2 and again.stderr.strip() == done.stderr.strip()
     assert {p.name: _sha(p) for p in (checkpoint, run_dir / "config.yaml")} == before
 
@@ -159,11 +150,12 @@ def test_nan_descriptors_never_reach_a_record(tmp_path):
 @pytest.mark.slow
 def test_an_optimizer_step_that_overflows_stops_the_run_with_the_cause(tiny_benchmark, tmp_path):
     """AdamW divides lr by its bias correction: lr 1e38 overflows inside the step, before any NaN."""
-    argv = [sys.executable, "-m", "harness", "run", "--method", "simclr", "--no-progress"]
+    argv = ["run", "--method", "simclr", "--no-progress"]
     argv += ["--data", str(tiny_benchmark), "--out", str(tmp_path)]
-    for item in TINY:
-        argv += ["--set", "train.optimizer=adamw" if item == "train.optimizer=sgd" else item]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    argv += set_flags(
+        "train.optimizer=adamw" if item == "train.optimizer=sgd" else item for item in TINY
+    )
+    done = run_harness(*argv, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert re.fullmatch(

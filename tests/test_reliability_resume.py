@@ -15,30 +15,24 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import harness_command, set_flags, tiny_run_overrides
 
 from harness.train import read_log
 
 BUDGET = 6
-TINY = [
-    "model.backbone=test_resnet",
-    "model.image_size=32",
-    "model.embedding_dim=16",
-    "train.batch_size=8",
+TINY = tiny_run_overrides(
     f"train.budget_value={BUDGET}",
     "train.checkpoint_every=1",
     "train.warmup_steps=1",
-    "train.num_workers=0",
-    "data.workers=0",
     "eval.batch_size=8",  # several extraction batches: a kill can land between them
     "eval.score_norm_n=2",
     "qk.phase_steps=2",  # Q, K, Q phases: the resumed run must rebuild the right key cache
-]
+)
 STAGE_TIMEOUT_S = 300
 SEED = int(os.environ.get("ISC_BENCH_KILL_SEED", random.SystemRandom().randrange(10**6)))
 
@@ -52,11 +46,11 @@ def tiny_benchmark(tmp_path_factory):
 
 
 def _command(benchmark: Path, out: Path) -> list[str]:
-    argv = [sys.executable, "-m", "harness", "run", "--method", "qk", "--data", str(benchmark)]
-    argv += ["--out", str(out), "--seed", "3"]
-    for item in TINY:
-        argv += ["--set", item]
-    return argv
+    return harness_command(
+        *("run", "--method", "qk", "--data", str(benchmark)),
+        *("--out", str(out), "--seed", "3"),
+        *set_flags(TINY),
+    )
 
 
 def _env() -> dict[str, str]:

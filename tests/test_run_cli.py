@@ -5,20 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import set_flags, tiny_run_overrides
 
 from harness.cli import main
 from methods import list_methods
 
-TINY = [
-    "model.backbone=test_resnet",
-    "model.image_size=32",
-    "model.embedding_dim=16",
-    "train.batch_size=8",
-    "train.budget_value=2",
-    "train.num_workers=0",
-    "data.workers=0",
-    "eval.score_norm_n=2",
-]
+TINY = tiny_run_overrides("train.budget_value=2", "eval.score_norm_n=2")
 
 
 def run_cli(*argv):
@@ -61,9 +53,8 @@ def test_run_prints_the_table_and_refuses_to_redo_a_finished_run(tiny_benchmark,
         "--out",
         str(tmp_path),
         "--no-progress",
+        *set_flags(TINY),
     ]
-    for item in TINY:
-        argv += ["--set", item]
     assert run_cli(*argv, "--seed", "2") == 0
     out = capsys.readouterr().out
     (run_dir,) = tmp_path.iterdir()

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import METRIC_KEYS, run_harness
 
 from harness.cli import main
 from harness.isc import Descriptors, l2_normalize, write_descriptors
-
-KEYS = [
-    "average_precision",
-    "recall_at_p90",
-    "threshold_at_p90",
-    "recall_at_rank1",
-    "recall_at_rank10",
-    "n_predictions",
-    "n_gt",
-]
 
 
 @pytest.fixture
@@ -43,7 +32,7 @@ def test_json_is_exactly_one_object(gt_csv, predictions_csv, capsys):
     )
     out = capsys.readouterr().out
     result = json.loads(out)
-    assert list(result) == KEYS
+    assert list(result) == METRIC_KEYS
     assert result["average_precision"] == pytest.approx((1 + 2 / 3) / 2)
     assert result["recall_at_p90"] == 0.5 and result["threshold_at_p90"] == 0.9
     assert result["n_predictions"] == 4 and result["n_gt"] == 2
@@ -109,18 +98,15 @@ def make_descriptor_files(tmp_path, d=16):
     return tmp_path / "submission.h5", tmp_path / "t.h5"
 
 
+def descriptor_track_args(gt, submission) -> list[str]:
+    """`score` of the submission's queries against its references."""
+    return ["score", "--gt", str(gt), "--queries", str(submission), "--references", str(submission)]
+
+
 def test_descriptor_track(tmp_path, capsys):
     (tmp_path / "gt.csv").write_text("Q1,R1\nQ2,R2\nQ3,R3\n")
     submission, training = make_descriptor_files(tmp_path)
-    base = [
-        "score",
-        "--gt",
-        str(tmp_path / "gt.csv"),
-        "--queries",
-        str(submission),
-        "--references",
-        str(submission),
-    ]
+    base = descriptor_track_args(tmp_path / "gt.csv", submission)
     assert main([*base, "--json", "--write-predictions", str(tmp_path / "pred.csv")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n_predictions"] == 30 and result["recall_at_rank1"] == 1.0
@@ -145,15 +131,7 @@ def test_descriptor_track(tmp_path, capsys):
 def test_descriptor_option_errors(tmp_path, capsys, extra, message):
     (tmp_path / "gt.csv").write_text("Q1,R1\n")
     submission, _ = make_descriptor_files(tmp_path)
-    argv = [
-        "score",
-        "--gt",
-        str(tmp_path / "gt.csv"),
-        "--queries",
-        str(submission),
-        "--references",
-        str(submission),
-    ]
+    argv = descriptor_track_args(tmp_path / "gt.csv", submission)
     assert main([*argv, *extra]) == 2
     assert message in capsys.readouterr().err
 
@@ -202,10 +180,5 @@ def test_needs_something_to_score(gt_csv, capsys):
 
 
 def test_help_states_the_false_positive_convention():
-    out = subprocess.run(
-        [sys.executable, "-m", "harness", "score", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_harness("score", "--help", timeout=None, check=True).stdout
     assert "false positives" in out and "--restrict-to-gt-queries" in out

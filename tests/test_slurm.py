@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_harness, set_flags
 from slurm_cluster import (  # noqa: F401  (slurm_cluster is a fixture)
     counting_run,
     make_counting_run_dir,
@@ -204,38 +204,24 @@ def test_sweep_is_one_job_array_and_status_shows_the_failure(tmp_path, profile):
 
 # --- real tiny runs (harness.pipeline.execute_run_dir) -------------------------------------------
 
-TINY_RUN = [
-    "--set",
-    "data.synth={references: 24, training: 32, queries: 12, size: 32}",
-    "--set",
-    "data.workers=0",
-    "--set",
-    "model.embedding_dim=16",
-    "--set",
-    "model.image_size=32",
-    "--set",
-    "train.batch_size=8",
-    "--set",
-    "train.num_workers=0",
-    "--set",
-    "train.checkpoint_every=2",
-    "--set",
-    "train.warmup_steps=1",
-    "--set",
-    "eval.batch_size=16",
-]
+TINY_RUN = set_flags(
+    [
+        "data.synth={references: 24, training: 32, queries: 12, size: 32}",
+        "data.workers=0",
+        "model.embedding_dim=16",
+        "model.image_size=32",
+        "train.batch_size=8",
+        "train.num_workers=0",
+        "train.checkpoint_every=2",
+        "train.warmup_steps=1",
+        "eval.batch_size=16",
+    ]
+)
 RUN_TIMEOUT_S = 240
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *argv],
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
+    return run_harness(*argv, timeout=RUN_TIMEOUT_S)
 
 
 def _job_of(run_dir: Path):
@@ -344,23 +330,9 @@ def _log(root: Path, job) -> str:
 
 def test_sweep_command_runs_tiny_grid_as_job_array(tmp_path, slurm_cluster):  # noqa: F811
     sweep_dir = tmp_path / "tiny"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "sweep",
-            "configs/sweeps/tiny.yaml",
-            "--launcher",
-            "slurm",
-            "--out",
-            str(sweep_dir),
-            "--wait",
-            "--timeout",
-            str(2 * RUN_TIMEOUT_S),
-        ],
-        capture_output=True,
-        text=True,
+    out = run_harness(
+        *("sweep", "configs/sweeps/tiny.yaml", "--launcher", "slurm", "--out", str(sweep_dir)),
+        *("--wait", "--timeout", str(2 * RUN_TIMEOUT_S)),
         timeout=3 * RUN_TIMEOUT_S,
         cwd=Path(__file__).parent.parent,
     )
@@ -369,12 +341,7 @@ def test_sweep_command_runs_tiny_grid_as_job_array(tmp_path, slurm_cluster):  # 
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
     job_ids = [r["jobs"][0]["job_id"] for r in manifest["runs"]]
     assert len({j.split("_")[0] for j in job_ids}) == 1 and all("_" in j for j in job_ids)
-    status = subprocess.run(
-        [sys.executable, "-m", "harness", "status", str(sweep_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = run_harness("status", str(sweep_dir), timeout=120)
     print(status.stdout)
     assert status.returncode == 0 and "4 done" in status.stdout
     for entry in manifest["runs"]:
@@ -384,20 +351,8 @@ def test_sweep_command_runs_tiny_grid_as_job_array(tmp_path, slurm_cluster):  # 
             and record["seed"] == entry["point"]["seed"]
         )
     # Submitting the same sweep again submits nothing: finished runs are never re-run.
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "sweep",
-            "configs/sweeps/tiny.yaml",
-            "--launcher",
-            "slurm",
-            "--out",
-            str(sweep_dir),
-        ],
-        capture_output=True,
-        text=True,
+    again = run_harness(
+        *("sweep", "configs/sweeps/tiny.yaml", "--launcher", "slurm", "--out", str(sweep_dir)),
         timeout=120,
         cwd=Path(__file__).parent.parent,
     )

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_harness
 from slurm_cluster import counting_run, slurm_cluster, wait_until  # noqa: F401  (fixture)
 
 from harness.atomic import atomic_write_json
@@ -115,12 +115,7 @@ def test_sweep_survives_random_requeues_with_every_record_once(tmp_path, slurm_c
     for run_id in requeued_runs:
         attempts = (sweep_dir / "runs" / run_id / "attempts.log").read_text().splitlines()
         assert len(attempts) >= 2, f"{run_id} was requeued but ran once: {attempts}"
-    status = subprocess.run(
-        [sys.executable, "-m", "harness", "status", str(sweep_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = run_harness("status", str(sweep_dir), timeout=120)
     assert status.returncode == 0 and f"{N_RUNS} done" in status.stdout, status.stdout
 
 

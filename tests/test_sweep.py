@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_harness
 from slurm_cluster import counting_run
 
 from harness.errors import ConfigError
@@ -100,13 +99,7 @@ def test_sweep_file_slurm_values_keep_their_types(tmp_path):
             "slurm": {"partition": None, "mem_gb": None},
         },
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness", "sweep", str(sweep), "--dry-run"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    proc = run_harness("sweep", str(sweep), "--dry-run", cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     spec = load_sweep_spec(sweep)
     assert (sweep_profile(spec).partition, sweep_profile(spec).mem_gb) == (None, None)
@@ -142,19 +135,12 @@ def test_runs_carry_their_grid_values():
 @pytest.mark.slow
 def test_dry_run_prints_the_table_and_writes_nothing(tmp_path):
     out_dir = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "sweep",
-            "configs/sweeps/tiny.yaml",
-            "--dry-run",
-            "--out",
-            str(out_dir),
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_harness(
+        "sweep",
+        "configs/sweeps/tiny.yaml",
+        "--dry-run",
+        "--out",
+        str(out_dir),
         cwd=REPO,
         timeout=120,
     )
@@ -162,13 +148,7 @@ def test_dry_run_prints_the_table_and_writes_nothing(tmp_path):
     assert "method=moco seed=1" in proc.stdout and "4 runs" in proc.stdout
     assert not out_dir.exists()
     bad = _write(tmp_path, {"grid": {"method": ["simclr"], "train.nope": [1]}})
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness", "sweep", str(bad), "--dry-run"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    proc = run_harness("sweep", str(bad), "--dry-run", cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -261,12 +241,7 @@ def test_local_sweep_status_and_resubmit(tmp_path):
     assert [s.state for s in run_states(sweep_dir)] == ["done"] * 3
     jobs = {r["run_id"]: len(r["jobs"]) for r in load_manifest(sweep_dir)["runs"]}
     assert jobs == {run_ids[0]: 1, run_ids[1]: 1, run_ids[2]: 2}
-    status = subprocess.run(
-        [sys.executable, "-m", "harness", "status", str(sweep_dir), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = run_harness("status", str(sweep_dir), "--json", timeout=120)
     assert status.returncode == 0
     assert [s["state"] for s in json.loads(status.stdout)] == ["done"] * 3
 

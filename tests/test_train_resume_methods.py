@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_run_overrides
 
 from harness.config import resolve_config
 from harness.pipeline import build_method, load_data
 from harness.train import read_log, train
 
-TINY = [
-    "model.backbone=test_resnet",
-    "model.image_size=32",
-    "model.embedding_dim=16",
-    "train.batch_size=8",
-    "train.budget_value=5",
-    "train.warmup_steps=2",
-    "train.checkpoint_every=2",
-    "train.num_workers=0",
-    "data.workers=0",
-]
+TINY = tiny_run_overrides(
+    "train.budget_value=5", "train.warmup_steps=2", "train.checkpoint_every=2"
+)
 # Small banks/queues and short phases, so that the interrupted window crosses a phase switch and
 # queue wrap-around; membank samples its negatives at random (the RNG state must be restored).
 METHODS = {

@@ -8,7 +8,8 @@ Each module in this package (names starting with "_" are skipped) is one benchma
 `run` measures its figures side by side in one process, each next to its floor or reference, and
 returns one flat dict per row (str/int/float/bool/None values). `quick=True` must finish in
 seconds on 2 CPU cores (CI runs it); the full sizes are the ones quoted in the issue. Timings go
-through `timed`, which synchronizes CUDA so the same code measures GPU work correctly.
+through `timed`, which synchronizes CUDA so the same code measures GPU work correctly (`methods`
+also reads the trainer's own per-step clock from its log).
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ Rows (same backbone, batch and input size for every method; the protocol's resne
 - `train`: the harness's training step, i.e. the real `harness.train.Trainer` driving the method
   (batch assembly through the seeded DataLoader, `training_step`, backward, optimizer, LR schedule,
   logging; the checkpoint cost measured and amortized over `train.checkpoint_every` steps), against
-  a bare loop doing the same math on the same preloaded tensors: timm backbone + lightly head and
-  lightly's `NTXentLoss` for SimCLR and MoCo (`memory_bank_size` = the queue), a plain
-  cross-entropy over the sampled slots (membank) or over all N keys (QK) where lightly has no loss.
-  Both read preloaded synthetic tensors, so image decoding is excluded; the trainer runs with
-  `num_workers=0` so its batch assembly sits on the step's critical path (the strictest reading of
-  "overhead"). Target: harness <= 1.10x the bare step time.
+  a bare loop doing the same math on the same preloaded tensors (harness/benchmarks/_bare_loops.py):
+  timm backbone + lightly head and lightly's `NTXentLoss` for SimCLR and MoCo (`memory_bank_size`
+  = the queue), a plain cross-entropy over the sampled slots (membank) or over all N keys (QK) where
+  lightly has no loss. Both read preloaded synthetic tensors, so image decoding is excluded; the
+  trainer runs with `num_workers=0` so its batch assembly sits on the step's critical path (the
+  strictest reading of "overhead"). Target: harness <= 1.10x the bare step time.
 - `qk phase start`: encoding the negative set at a phase start (`on_train_start`, through the
   trainer's `encode_training_set`), next to a bare no-grad forward of the frozen backbone over the
   same number of preloaded images, and amortized per step over `qk.phase_steps`.
@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from harness.benchmarks import timed
+from harness.benchmarks._bare_loops import BARE_LOOPS, BareLoop
 
 DESCRIPTION = (
     "training images/s per method (harness trainer vs a bare loop with lightly's loss), QK "
     "phase-start cost, DataLoader-fed training, descriptor extraction vs a bare forward"
 )
-METHODS = ("simclr", "moco", "membank", "qk")
 OVERHEAD_TARGET = 1.10  # harness step time <= 1.1x the bare loop's
 EXTRACT_TARGET = 0.80  # extraction images/s >= 0.8x the bare forward's
 
@@ -76,13 +77,6 @@ def _device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _run_config(method: str, setting: Setting):
     """The method's resolved protocol config at the benchmark's sizes."""
     from harness.config import resolve_config
@@ -91,11 +85,8 @@ def _run_config(method: str, setting: Setting):
         f"model.backbone={setting.backbone}",
         f"model.image_size={setting.image_size}",
         f"train.batch_size={setting.batch_size}",
+        *BARE_LOOPS[method].size_overrides(setting.n_train),
     ]
-    if method == "membank":  # the bank cannot sample more negatives than it has slots
-        overrides.append(f"membank.num_negatives={min(4096, setting.n_train - 1)}")
-    if method == "moco":
-        overrides.append(f"moco.queue_size={min(4096, setting.n_train)}")
     return resolve_config(method, overrides=overrides)
 
 
@@ -197,143 +188,14 @@ def _harness_round(cfg, data, setting: Setting, device, workdir: Path) -> tuple[
     )
     trainer.fit()
     per_step = [train_cfg.batch_size / line["images_per_s"] for line in trainer.log[1:]]
-    started = time.perf_counter()
-    trainer.save_checkpoint()
-    return per_step, time.perf_counter() - started
+    _, checkpoint_seconds = timed(trainer.save_checkpoint)
+    return per_step, checkpoint_seconds
 
 
 # --- the bare references --------------------------------------------------------------------------
 
 
-class BareLoop:
-    """The same math as a method's step in plain PyTorch: timm backbone, lightly head and loss,
-    the protocol's optimizer and a cosine schedule, on fixed preloaded batches."""
-
-    def __init__(self, method: str, cfg, n_train: int, device):
-        import copy
-        from collections import OrderedDict
-
-        import timm
-        import torch
-        from lightly.loss import NTXentLoss
-
-        from methods.backbone import build_head  # lightly's heads, as every method builds them
-
-        self.method, self.cfg, self.device = method, cfg, device
-        mc = cfg.method_config
-        dim = cfg.model.embedding_dim
-        backbone = timm.create_model(cfg.model.backbone, pretrained=False, num_classes=0)
-        width = backbone.num_features
-        head = build_head(width, dim, batch_norm=cfg.model.head_batch_norm)
-        self.model = torch.nn.Sequential(OrderedDict(backbone=backbone, head=head)).to(device)
-        params = list(self.model.parameters())
-        if method == "simclr":
-            self.loss_fn = NTXentLoss(temperature=mc.temperature)
-        elif method == "moco":
-            self.key_model = copy.deepcopy(self.model).requires_grad_(False)
-            self.loss_fn = NTXentLoss(
-                temperature=mc.temperature, memory_bank_size=(mc.queue_size, dim)
-            ).to(device)
-        elif method == "membank":
-            self.slots = torch.nn.functional.normalize(torch.randn(n_train, dim), dim=1).to(device)
-        elif method == "qk":
-            # The trained side's encoder, the frozen side's trainable head and its cached features.
-            self.frozen_head = build_head(width, dim, batch_norm=cfg.model.head_batch_norm).to(
-                device
-            )
-            params += list(self.frozen_head.parameters())
-            self.cache = torch.randn(n_train, width).to(device)
-        else:
-            raise ValueError(f"no bare loop for {method!r}")
-        tc = cfg.train  # the protocol's optimizer, as the trainer builds it
-        if tc.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(
-                params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=1000)
-        self.amp = device.type == "cuda" and tc.amp
-        self.channels_last = device.type == "cuda" and tc.channels_last
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.step_count = 0
-
-    def load_from(self, method) -> None:
-        """Copy a harness method's weights and state in (tests compare the two losses)."""
-        if self.method == "simclr":
-            self.model.load_state_dict(method.encoder.state_dict())
-        elif self.method == "moco":
-            self.model.load_state_dict(method.query_encoder.state_dict())
-            self.key_model.load_state_dict(method.key_encoder.state_dict())
-            self.loss_fn.memory_bank.bank.copy_(method.queue.keys)
-            self.loss_fn.memory_bank.bank_ptr.fill_(int(method.queue.pointer))
-        elif self.method == "membank":
-            self.model.load_state_dict(method.encoder.state_dict())
-            self.slots.copy_(method.bank.slots)
-        else:
-            trained, frozen = method.query, method.key  # phase 0 trains Q against K's cache
-            self.model.load_state_dict(trained.state_dict())
-            self.frozen_head.load_state_dict(frozen.head.state_dict())
-
-    def train(self) -> None:
-        for name in ("model", "key_model", "frozen_head"):
-            if hasattr(self, name):
-                getattr(self, name).train()
-
-    def batch(self, pool, batch_size: int):
-        import torch
-
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        index = torch.arange(batch_size)
-        views = [pool[(index + v) % len(pool)] for v in range(2)]
-        views = [v.to(self.device, memory_format=fmt) for v in views]
-        return views, index.to(self.device)
-
-    def loss(self, views, index, step: int):
-        import torch
-        import torch.nn.functional as F
-        from lightly.models.utils import update_momentum
-
-        mc = self.cfg.method_config
-        if self.method == "simclr":
-            return self.loss_fn(self.model(views[0]), self.model(views[1]))
-        if self.method == "moco":
-            query_views, key_views = views[0], views[1]
-            if mc.symmetric:  # both directions in one call: one softmax row per query
-                query_views = torch.cat([views[0], views[1]])
-                key_views = torch.cat([views[1], views[0]])
-            query = F.normalize(self.model(query_views), dim=1)
-            with torch.no_grad():
-                update_momentum(self.model, self.key_model, m=mc.momentum)
-                key = F.normalize(self.key_model(key_views), dim=1)
-            return self.loss_fn(query, key)  # lightly's bank enqueues the keys
-        query = F.normalize(self.model(views[0]), dim=1)
-        if self.method == "membank":
-            # The method's draw: a generator seeded by (seed, step), so both see the same slots.
-            generator = torch.Generator().manual_seed(mc.seed * 1_000_003 + step)
-            sample = torch.randint(len(self.slots), (mc.num_negatives,), generator=generator)
-            negatives = self.slots[sample.to(self.device)]
-            positive = (query * self.slots[index]).sum(1, keepdim=True)
-            logits = torch.cat([positive, query @ negatives.T], dim=1) / mc.temperature
-            with torch.no_grad():
-                mixed = mc.bank_momentum * self.slots[index] + (1 - mc.bank_momentum) * query
-                self.slots[index] = F.normalize(mixed, dim=1)
-            return F.cross_entropy(logits, torch.zeros_like(index))
-        keys = F.normalize(self.frozen_head(self.cache), dim=1)  # qk: all N keys, full logits
-        return F.cross_entropy(query @ keys.T / mc.temperature, index)
-
-    def step(self, views, index) -> float:
-        import torch
-
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            loss = self.loss(views, index, self.step_count)
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step_count += 1
-        return float(loss.detach())
+METHODS = tuple(BARE_LOOPS)
 
 
 def train_batch(views, index):
@@ -345,14 +207,7 @@ def train_batch(views, index):
 
 def _bare_round(bare: BareLoop, views, index, steps: int) -> list[float]:
     bare.step(views, index)  # untimed, as the trainer's first step
-    seconds = []
-    for _ in range(steps):
-        _synchronize(bare.device)
-        started = time.perf_counter()
-        bare.step(views, index)
-        _synchronize(bare.device)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+    return [timed(lambda: bare.step(views, index))[1] for _ in range(steps)]
 
 
 # --- rows -----------------------------------------------------------------------------------------
@@ -399,12 +254,7 @@ def _train_rows(setting: Setting, device, workdir: Path, progress) -> list[dict]
                 "seconds": harness_step,
                 "reference_seconds": bare_step,
                 "checkpoint_per_step_s": checkpoint_per_step,
-                "reference": {
-                    "simclr": "bare loop, lightly NTXentLoss",
-                    "moco": "bare loop, lightly NTXentLoss(memory_bank_size)",
-                    "membank": "bare loop, cross-entropy over sampled slots",
-                    "qk": "bare loop, cross-entropy over all N keys",
-                }[method],
+                "reference": bare.reference,
             }
         )
     return rows
@@ -445,16 +295,8 @@ def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
 
     ours, bare = [], []
     for _ in range(2):
-        _synchronize(device)
-        started = time.perf_counter()
-        method.on_train_start(context, 0)
-        _synchronize(device)
-        ours.append(time.perf_counter() - started)
-        _synchronize(device)
-        started = time.perf_counter()
-        bare_forward()
-        _synchronize(device)
-        bare.append(time.perf_counter() - started)
+        ours.append(timed(lambda: method.on_train_start(context, 0))[1])
+        bare.append(timed(bare_forward)[1])
     seconds, reference = statistics.median(ours), statistics.median(bare)
     return {
         "case": "qk phase start",
@@ -543,12 +385,8 @@ def _extract_row(setting: Setting, device, images) -> dict:
     bare()  # warm-up
     ours, reference = [], []
     for _ in range(setting.rounds):
-        for fn, out in ((pipeline, ours), (bare, reference)):
-            _synchronize(device)
-            started = time.perf_counter()
-            fn()
-            _synchronize(device)
-            out.append(time.perf_counter() - started)
+        ours.append(timed(pipeline)[1])
+        reference.append(timed(bare)[1])
     seconds, reference_seconds = statistics.median(ours), statistics.median(reference)
     ratio = reference_seconds / seconds
     return {

@@ -146,19 +146,6 @@ def recall_at_precision_at(
     return float(tp[best] / n_gt), float(cutoffs.score[best])
 
 
-def average_precision(score: np.ndarray, is_positive: np.ndarray, n_gt: int) -> float | None:
-    return average_precision_at(positive_cutoffs(score, is_positive), n_gt)
-
-
-def recall_at_precision(
-    score: np.ndarray,
-    is_positive: np.ndarray,
-    n_gt: int,
-    required_precision: float = REQUIRED_PRECISION,
-) -> tuple[float | None, float | None]:
-    return recall_at_precision_at(positive_cutoffs(score, is_positive), n_gt, required_precision)
-
-
 def true_pair_ranks(
     score: np.ndarray, is_positive: np.ndarray, query_code: np.ndarray
 ) -> np.ndarray:
