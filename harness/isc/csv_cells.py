@@ -1,0 +1,156 @@
+"""The cells of an ISC CSV (ground truth, predictions) as clean strings, and its optional header.
+
+One rule for every cell of every file: leading and trailing whitespace (Python's `str.strip`,
+whatever the quoting) is not part of the value, so `Q00001 `, ` Q00001` and `"Q00001"` are one id.
+An id must be non-empty and free of control characters. A first line that is not the expected
+header must look like the data below it, or it is refused: a header with other names is never
+read as a row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import InputError
+from harness.file_checks import require_input_file
+
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# How many data rows the first line is compared with to decide whether it is a header.
+SHAPE_SAMPLE = 10_000
+
+
+def read_cells(path: Path, columns: tuple[str, ...]) -> np.ndarray:
+    """All cells as a (lines, len(columns)) object array of stripped str, row i = line i + 1
+    (blank lines included, so line numbers stay right); missing trailing fields are ""."""
+    require_input_file(path)
+    cells = _parse(path, columns, names=None)
+    if cells.shape[1] > len(columns):
+        extra = cells[:, len(columns) :]
+        bad = np.flatnonzero((extra != "").any(axis=1))
+        line = int(bad[0]) + 1 if len(bad) else 1
+        raise InputError(
+            f"{path}:{line}: {cells.shape[1]} fields, expected {len(columns)} ({','.join(columns)})"
+        )
+    if cells.shape[1] < len(columns):
+        padding = np.full((len(cells), len(columns) - cells.shape[1]), "", dtype=object)
+        cells = np.hstack([cells, padding])
+    return cells
+
+
+def _parse(path: Path, columns: tuple[str, ...], names: list[int] | None) -> np.ndarray:
+    """pandas takes the number of fields from the first line, so a blank or short first line (a
+    distractor written `Q1` instead of `Q1,`) needs the width given (`names`). Only then: given
+    `names`, pandas would take a longer first line's extra leading fields as an index."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            path,
+            header=None,
+            names=names,
+            dtype=str,
+            na_filter=False,
+            skip_blank_lines=False,
+            skipinitialspace=True,
+        )
+    except pd.errors.EmptyDataError:
+        if names is None and path.read_bytes().strip():
+            return _parse(path, columns, names=list(range(len(columns))))  # blank first line
+        raise InputError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as err:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if found and names is None and int(found.group(3)) <= len(columns):
+            return _parse(path, columns, names=list(range(len(columns))))
+        if found:
+            line, saw = found.group(2), found.group(3)
+            raise InputError(
+                f"{path}:{line}: {saw} fields, expected {len(columns)} ({','.join(columns)})"
+            ) from None
+        raise InputError(f"{path}: malformed CSV: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a UTF-8 text file ({err.reason})") from None
+    return strip(frame.to_numpy(dtype=object))
+
+
+def strip(cells: np.ndarray) -> np.ndarray:
+    """Every cell without its leading and trailing whitespace, the dtype kept."""
+    if cells.size == 0:
+        return cells
+    return np.strings.strip(cells.astype(str)).astype(cells.dtype)
+
+
+def is_header(row: np.ndarray, columns: tuple[str, ...]) -> bool:
+    return [str(cell).lower() for cell in row] == list(columns)
+
+
+def drop_blank_lines_and_header(
+    path: Path,
+    cells: np.ndarray,
+    columns: tuple[str, ...],
+    looks_like_data: Callable[[np.ndarray, np.ndarray], bool],
+    hint: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop blank lines and the header (the column names, any case); return (cells, line
+    numbers). A first line that is neither the header nor `looks_like_data(first, rest)` is an
+    InputError naming it, with `hint` saying how to fix it."""
+    lines = np.arange(1, len(cells) + 1)
+    blank = (cells == "").all(axis=1)
+    cells, lines = cells[~blank], lines[~blank]
+    if len(cells) == 0:
+        return cells, lines
+    if is_header(cells[0], columns):
+        return cells[1:], lines[1:]
+    if not looks_like_data(cells[0], cells[1:]):
+        found = ",".join(str(cell) for cell in cells[0])
+        raise InputError(
+            f"{path}:{lines[0]}: unknown columns {found!r}, expected {','.join(columns)} ({hint})"
+        )
+    return cells, lines
+
+
+def id_shape(identifier: str) -> str:
+    """The form of an id: each run of letters becomes `a`, each run of digits `0`
+    (`Q00001` -> `a0`, `img_12` -> `a_0`)."""
+    return re.sub(r"[^\W\d_]+", "a", re.sub(r"\d+", "0", identifier))
+
+
+def looks_like_id_pair(first: np.ndarray, rest: np.ndarray) -> bool:
+    """Whether a first (query, reference) line is data: its query or reference id has the form
+    of an id in the lines below (`Q1,R1` over `Q2,R2`, not `qid,rid`); a file of one line
+    must hold a digit (every id of DISC21 does)."""
+    if len(rest) == 0:
+        return any(character.isdigit() for character in "".join(map(str, first)))
+    sample = rest[:SHAPE_SAMPLE]
+    query_shapes = {id_shape(str(q)) for q in sample[:, 0]}
+    reference_shapes = {id_shape(str(r)) for r in sample[:, 1] if r != ""}
+    return id_shape(str(first[0])) in query_shapes or (
+        first[1] != "" and id_shape(str(first[1])) in reference_shapes
+    )
+
+
+def check_ids(path: Path, ids: np.ndarray, lines: np.ndarray, what: str) -> np.ndarray:
+    """`ids` as a str array; an empty id or one holding a control character is an InputError."""
+    import pandas as pd
+
+    ids = ids.astype(str)
+    empty = np.flatnonzero(ids == "")
+    if len(empty):
+        raise InputError(f"{path}:{lines[empty[0]]}: empty {what}")
+    control = np.flatnonzero(pd.Series(ids).str.contains(CONTROL_CHARACTER).to_numpy())
+    if len(control):
+        bad = str(ids[control[0]])
+        raise InputError(
+            f"{path}:{lines[control[0]]}: {what} {bad!r} holds a control character "
+            f"({CONTROL_CHARACTER.search(bad).group()!r}); ids are printable text"
+        )
+    return ids
+
+
+def has_control_character(ids: np.ndarray) -> bool:
+    import pandas as pd
+
+    return bool(pd.Series(ids, dtype=object).str.contains(CONTROL_CHARACTER).any())
