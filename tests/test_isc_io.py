@@ -280,9 +280,15 @@ def test_ids_equal_but_for_whitespace_are_duplicates(tmp_path):
         (read_ground_truth, "Q1,R1\nQ\x002,R2\n", r"gt.csv:2: query_id 'Q\\x002' holds a control"),
         (read_ground_truth, "Q1,R1\nQ2,R\x1b2\n", r"gt.csv:2: reference_id 'R\\x1b2' holds"),
         (read_predictions, "Q1,R\x072,0.5\n", r"p.csv:1: reference_id 'R\\x072' holds a control"),
+        # A tab before a quote makes CSV read the quotes as part of the value.
+        (
+            read_predictions,
+            'Q1,\t"R2",0.5\n',
+            r"p.csv:1: reference_id '\"R2\"' holds a double quote",
+        ),
     ],
 )
-def test_ids_with_control_characters_are_refused(tmp_path, reader, text, message):
+def test_ids_with_forbidden_characters_are_refused(tmp_path, reader, text, message):
     name = "gt.csv" if reader is read_ground_truth else "p.csv"
     with pytest.raises(InputError, match=message):
         reader(write(tmp_path / name, text))
@@ -415,6 +421,9 @@ def test_descriptors_of_dimension_zero_or_without_rows(tmp_path):
 
 
 def test_descriptor_ids_that_are_not_utf8_or_not_a_dataset(tmp_path):
+    path = raw_h5(tmp_path / "c.h5", ids=np.array([b"Q0", b"Q\x001"]))
+    with pytest.raises(InputError, match=r"query_ids: row 1: 'Q\\x001' holds a control"):
+        read_descriptors(path)
     path = raw_h5(tmp_path / "d.h5", ids=np.array([b"Q0", b"Q\xff"]))
     with pytest.raises(InputError, match=r"query_ids: the id of row 1 \(b'Q\\xff'\) is not UTF-8"):
         read_descriptors(path)

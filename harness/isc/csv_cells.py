@@ -2,7 +2,7 @@
 
 One rule for every cell of every file: leading and trailing whitespace (Python's `str.strip`,
 whatever the quoting) is not part of the value, so `Q00001 `, ` Q00001` and `"Q00001"` are one id.
-An id must be non-empty and free of control characters. A first line that is not the expected
+An id must be non-empty and hold no control character and no double quote. A first line that is not the expected
 header must look like the data below it, or it is refused: a header with other names is never
 read as a row.
 """
@@ -18,7 +18,9 @@ import numpy as np
 from harness.errors import InputError
 from harness.file_checks import require_input_file
 
-CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# No id holds a control character, nor a double quote: the remains of a quoted field with
+# something before its opening quote, which CSV then reads as part of the value.
+FORBIDDEN_IN_IDS = re.compile(r'[\x00-\x1f\x7f-\x9f"]')
 # How many data rows the first line is compared with to decide whether it is a header.
 SHAPE_SAMPLE = 10_000
 
@@ -133,24 +135,30 @@ def looks_like_id_pair(first: np.ndarray, rest: np.ndarray) -> bool:
 
 
 def check_ids(path: Path, ids: np.ndarray, lines: np.ndarray, what: str) -> np.ndarray:
-    """`ids` as a str array; an empty id or one holding a control character is an InputError."""
-    import pandas as pd
-
+    """`ids` as a str array; an empty id or a forbidden character is an InputError."""
     ids = ids.astype(str)
     empty = np.flatnonzero(ids == "")
     if len(empty):
         raise InputError(f"{path}:{lines[empty[0]]}: empty {what}")
-    control = np.flatnonzero(pd.Series(ids).str.contains(CONTROL_CHARACTER).to_numpy())
-    if len(control):
-        bad = str(ids[control[0]])
-        raise InputError(
-            f"{path}:{lines[control[0]]}: {what} {bad!r} holds a control character "
-            f"({CONTROL_CHARACTER.search(bad).group()!r}); ids are printable text"
-        )
+    row = first_forbidden(ids)
+    if row is not None:
+        raise InputError(f"{path}:{lines[row]}: {what} {why_forbidden(str(ids[row]))}")
     return ids
 
 
-def has_control_character(ids: np.ndarray) -> bool:
+def first_forbidden(ids: np.ndarray) -> int | None:
+    """The index of the first id holding a forbidden character, or None."""
     import pandas as pd
 
-    return bool(pd.Series(ids, dtype=object).str.contains(CONTROL_CHARACTER).any())
+    found = np.flatnonzero(pd.Series(ids, dtype=object).str.contains(FORBIDDEN_IN_IDS).to_numpy())
+    return int(found[0]) if len(found) else None
+
+
+def why_forbidden(identifier: str) -> str:
+    character = FORBIDDEN_IN_IDS.search(identifier).group()
+    if character == '"':
+        return (
+            f"{identifier!r} holds a double quote; quote whole fields, with nothing before the "
+            "opening quote"
+        )
+    return f"{identifier!r} holds a control character ({character!r}); ids are printable text"

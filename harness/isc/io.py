@@ -122,7 +122,9 @@ def _read_predictions_fast(path: Path) -> Predictions | None:
     score = frame["score"].to_numpy(dtype=np.float64)
     if not np.isfinite(score).all() or (query == "").any() or (reference == "").any():
         return None
-    if csv_cells.has_control_character(query) or csv_cells.has_control_character(reference):
+    if csv_cells.first_forbidden(query) is not None:
+        return None
+    if csv_cells.first_forbidden(reference) is not None:
         return None
     predictions = Predictions(query=query, reference=reference, score=score)
     return None if find_duplicate_pair(predictions) is not None else predictions
@@ -254,7 +256,7 @@ def read_descriptors(
 
     Ids are stripped of surrounding whitespace, as in the CSV files. Errors (InputError, naming
     the file and dataset): missing split, ids that are not (UTF-8) strings, empty ids or ids with
-    control characters, duplicate ids, ids/rows count mismatch, non-float or non-2-D features, no
+    forbidden characters, duplicate ids, ids/rows count mismatch, non-float or non-2-D features, no
     rows, dimension 0 or above `max_dim` (256, the ISC descriptor-track limit), NaN/inf values."""
     path = Path(path)
     with _open_descriptor_file(path) as handle:
@@ -333,7 +335,7 @@ def _read_split_datasets(path: Path, handle, split: str) -> tuple[np.ndarray, np
 
 def _decode_ids(where: str, raw_ids: np.ndarray) -> np.ndarray:
     """Ids as a stripped str array; InputError for bytes that are not UTF-8, an empty id or a
-    control character."""
+    forbidden character (harness.isc.csv_cells)."""
     try:
         if raw_ids.dtype.kind == "S":
             ids = np.char.decode(raw_ids, "utf-8")
@@ -350,15 +352,9 @@ def _decode_ids(where: str, raw_ids: np.ndarray) -> np.ndarray:
     empty = np.flatnonzero(ids == "")
     if len(empty):
         raise InputError(f"{where}: row {int(empty[0])} has an empty id")
-    if csv_cells.has_control_character(ids):
-        row = next(
-            i for i, text in enumerate(ids.tolist()) if csv_cells.CONTROL_CHARACTER.search(text)
-        )
-        bad = csv_cells.CONTROL_CHARACTER.search(str(ids[row])).group()
-        raise InputError(
-            f"{where}: the id of row {row} ({str(ids[row])!r}) holds a control character "
-            f"({bad!r}); ids are printable text"
-        )
+    row = csv_cells.first_forbidden(ids)
+    if row is not None:
+        raise InputError(f"{where}: row {row}: {csv_cells.why_forbidden(str(ids[row]))}")
     return ids
 
 
