@@ -439,3 +439,26 @@ def test_float64_descriptors_beyond_float32_are_refused(tmp_path):
     features[1, 0] = 1e300
     with pytest.raises(InputError, match=r"row 1 \(id Q1\) holds NaN or inf"):
         read_descriptors(raw_h5(tmp_path / "d.h5", features=features))
+
+
+def test_a_fourth_column_is_an_error_not_a_shifted_read(tmp_path):
+    # pandas would take the first field as an index and read R1 as the query, 0.5 as the reference
+    with pytest.raises(InputError, match=r"p.csv:1: 4 fields, expected 3"):
+        read_predictions(write(tmp_path / "p.csv", "Q1,R1,0.5,0.7\nQ2,R2,0.4,0.1\n"))
+    text = "query_id,reference_id,score\nQ1,R1,0.5\nQ2,R2,0.4,rank2\n"
+    with pytest.raises(InputError, match=r"p.csv:3: 4 fields, expected 3"):
+        read_predictions(write(tmp_path / "p.csv", text))
+
+
+@pytest.mark.parametrize(
+    "text, queries, n_gt",
+    [
+        ("Q1,R1,\nQ2,R2\n", ["Q1", "Q2"], 2),
+        ("Q1,R1\nQ2,R2,\n", ["Q1", "Q2"], 2),
+        ("Q1,R1\nQ2,R2,,\nQ3,,\n", ["Q1", "Q2", "Q3"], 2),
+        ("Q1,R1, ,\t\n", ["Q1"], 1),
+    ],
+)
+def test_empty_fields_beyond_the_columns_are_tolerated_anywhere(tmp_path, text, queries, n_gt):
+    gt = read_ground_truth(write(tmp_path / "gt.csv", text))
+    assert gt.queries.tolist() == queries and gt.n_gt == n_gt

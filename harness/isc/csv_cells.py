@@ -27,55 +27,66 @@ SHAPE_SAMPLE = 10_000
 
 def read_cells(path: Path, columns: tuple[str, ...]) -> np.ndarray:
     """All cells as a (lines, len(columns)) object array of stripped str, row i = line i + 1
-    (blank lines included, so line numbers stay right); missing trailing fields are ""."""
+    (blank lines included, so line numbers stay right); missing trailing fields are "". Fields
+    beyond `columns` must be empty (a trailing comma); a line with a non-empty one is an error."""
     require_input_file(path)
-    cells = _parse(path, columns, names=None)
+    cells = _parse(path, columns)
     if cells.shape[1] > len(columns):
-        extra = cells[:, len(columns) :]
-        bad = np.flatnonzero((extra != "").any(axis=1))
-        line = int(bad[0]) + 1 if len(bad) else 1
-        raise InputError(
-            f"{path}:{line}: {cells.shape[1]} fields, expected {len(columns)} ({','.join(columns)})"
-        )
+        filled = cells != ""
+        bad = np.flatnonzero(filled[:, len(columns) :].any(axis=1))
+        if len(bad):
+            row = int(bad[0])
+            fields = int(np.flatnonzero(filled[row])[-1]) + 1
+            raise InputError(
+                f"{path}:{row + 1}: {fields} fields, expected {len(columns)} ({','.join(columns)})"
+            )
+        cells = cells[:, : len(columns)]
     if cells.shape[1] < len(columns):
         padding = np.full((len(cells), len(columns) - cells.shape[1]), "", dtype=object)
         cells = np.hstack([cells, padding])
     return cells
 
 
-def _parse(path: Path, columns: tuple[str, ...], names: list[int] | None) -> np.ndarray:
-    """pandas takes the number of fields from the first line, so a blank or short first line (a
-    distractor written `Q1` instead of `Q1,`) needs the width given (`names`). Only then: given
-    `names`, pandas would take a longer first line's extra leading fields as an index."""
+# Each retry widens the parse to a longer line; files with more line lengths than this are refused.
+_MAX_WIDENINGS = 8
+
+
+def _parse(path: Path, columns: tuple[str, ...]) -> np.ndarray:
+    """pandas takes the number of fields from the first line and refuses a longer line after it,
+    so a blank or short first line (a distractor written `Q1` instead of `Q1,`) or a later line
+    with a trailing comma is parsed again with the width given (`names`). The width is never
+    below the first line's: given fewer `names`, pandas would silently take the extra leading
+    fields as an index."""
     import pandas as pd
 
-    try:
-        frame = pd.read_csv(
-            path,
-            header=None,
-            names=names,
-            dtype=str,
-            na_filter=False,
-            skip_blank_lines=False,
-            skipinitialspace=True,
-        )
-    except pd.errors.EmptyDataError:
-        if names is None and path.read_bytes().strip():
-            return _parse(path, columns, names=list(range(len(columns))))  # blank first line
-        raise InputError(f"{path}: the file is empty") from None
-    except pd.errors.ParserError as err:
-        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
-        if found and names is None and int(found.group(3)) <= len(columns):
-            return _parse(path, columns, names=list(range(len(columns))))
-        if found:
-            line, saw = found.group(2), found.group(3)
-            raise InputError(
-                f"{path}:{line}: {saw} fields, expected {len(columns)} ({','.join(columns)})"
-            ) from None
-        raise InputError(f"{path}: malformed CSV: {' '.join(str(err).split())}") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not a UTF-8 text file ({err.reason})") from None
-    return strip(frame.to_numpy(dtype=object))
+    width = None
+    for _ in range(_MAX_WIDENINGS):
+        try:
+            frame = pd.read_csv(
+                path,
+                header=None,
+                names=None if width is None else list(range(width)),
+                dtype=str,
+                na_filter=False,
+                skip_blank_lines=False,
+                skipinitialspace=True,
+            )
+        except pd.errors.EmptyDataError:
+            if width is None and path.read_bytes().strip():
+                width = len(columns)  # a blank first line
+                continue
+            raise InputError(f"{path}: the file is empty") from None
+        except pd.errors.ParserError as err:
+            found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+            if found is None:
+                raise InputError(f"{path}: malformed CSV: {' '.join(str(err).split())}") from None
+            line, saw = found.group(2), int(found.group(3))
+            width = max(saw, len(columns))
+            continue
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path}: not a UTF-8 text file ({err.reason})") from None
+        return strip(frame.to_numpy(dtype=object))
+    raise InputError(f"{path}:{line}: {saw} fields, expected {len(columns)} ({','.join(columns)})")
 
 
 def strip(cells: np.ndarray) -> np.ndarray:

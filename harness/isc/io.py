@@ -115,7 +115,9 @@ def _read_predictions_fast(path: Path) -> Predictions | None:
         engine="c",
         float_precision="round_trip",  # exact: what write_predictions wrote is what we read
     )
-    if len(frame) == 0:
+    # A line longer than the header makes pandas take its first fields as an index, shifting
+    # every column: the checked reader then names the line.
+    if len(frame) == 0 or not isinstance(frame.index, pd.RangeIndex):
         return None
     query = np.strings.strip(frame["query_id"].to_numpy(dtype=str))
     reference = np.strings.strip(frame["reference_id"].to_numpy(dtype=str))
