@@ -462,3 +462,15 @@ def test_a_fourth_column_is_an_error_not_a_shifted_read(tmp_path):
 def test_empty_fields_beyond_the_columns_are_tolerated_anywhere(tmp_path, text, queries, n_gt):
     gt = read_ground_truth(write(tmp_path / "gt.csv", text))
     assert gt.queries.tolist() == queries and gt.n_gt == n_gt
+
+
+def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path):
+    path = tmp_path / "gt.csv"
+    path.write_bytes("Q1,R1\nQ2,R\u00e92\n".encode("latin-1"))
+    with pytest.raises(
+        InputError, match=r"gt.csv:2: not a UTF-8 text file \(byte 0xe9: invalid continuation"
+    ):
+        read_ground_truth(path)
+    path.write_bytes("Q1,R1,0.5\n".encode("utf-16"))
+    with pytest.raises(InputError, match=r"gt.csv:1: not a UTF-8 text file \(byte 0xff"):
+        read_predictions(path)

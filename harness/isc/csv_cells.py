@@ -84,9 +84,24 @@ def _parse(path: Path, columns: tuple[str, ...]) -> np.ndarray:
             width = max(saw, len(columns))
             continue
         except UnicodeDecodeError as err:
-            raise InputError(f"{path}: not a UTF-8 text file ({err.reason})") from None
+            raise _not_utf8(path, err) from None
         return strip(frame.to_numpy(dtype=object))
     raise InputError(f"{path}:{line}: {saw} fields, expected {len(columns)} ({','.join(columns)})")
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> InputError:
+    """The error naming the line of the first byte that is not UTF-8 (pandas decodes in blocks,
+    so its own error knows neither the line nor, always, the right reason)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exact:
+        line = data.count(b"\n", 0, exact.start) + 1
+        return InputError(
+            f"{path}:{line}: not a UTF-8 text file (byte {data[exact.start]:#04x}: "
+            f"{exact.reason}); save it as UTF-8"
+        )
+    return InputError(f"{path}: not a UTF-8 text file ({err.reason}); save it as UTF-8")
 
 
 def strip(cells: np.ndarray) -> np.ndarray:

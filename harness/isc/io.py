@@ -349,7 +349,9 @@ def _decode_ids(where: str, raw_ids: np.ndarray) -> np.ndarray:
             ids = raw_ids.astype(str)
     except UnicodeDecodeError:
         row, raw = next((row, raw) for row, raw in enumerate(raw_ids.tolist()) if not _is_utf8(raw))
-        raise InputError(f"{where}: the id of row {row} ({raw!r}) is not UTF-8") from None
+        raise InputError(
+            f"{where}: the id of row {row} ({raw!r}) is not UTF-8; write ids as UTF-8 text"
+        ) from None
     ids = np.strings.strip(ids.astype(str)) if len(ids) else np.zeros(0, dtype="<U1")
     empty = np.flatnonzero(ids == "")
     if len(empty):
