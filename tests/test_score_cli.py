@@ -472,3 +472,28 @@ def test_out_of_range_option_values(tmp_path, capsys, extra, message):
     argv += ["--queries", str(submission), "--references", str(submission)]
     assert main([*argv, *extra]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_whitening_a_flat_training_set_is_refused_not_turned_into_nan(tmp_path, capsys):
+    (tmp_path / "gt.csv").write_text("Q1,R1\nQ2,R2\nQ3,R3\n")
+    submission, _ = make_descriptor_files(tmp_path)
+    flat = np.zeros((40, 16), np.float32)
+    flat[:, :3] = np.random.default_rng(0).standard_normal((40, 3))  # varies in 3 directions
+    write_descriptors(tmp_path / "t.h5", training=Descriptors([f"T{i}" for i in range(40)], flat))
+    argv = ["score", "--gt", str(tmp_path / "gt.csv"), "--training", str(tmp_path / "t.h5")]
+    argv += ["--queries", str(submission), "--references", str(submission)]
+    assert main([*argv, "--pca-whiten", "8"]) == 2
+    assert capsys.readouterr().err == (
+        "error: PCA whitening to 8 dimensions: the training descriptors vary in only 3 of 16 "
+        "dimensions; whiten to at most 3, or give more varied training descriptors\n"
+    )
+    assert main([*argv, "--pca-whiten", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_predictions"] == 30
+    write_descriptors(
+        tmp_path / "t.h5",
+        training=Descriptors([f"T{i}" for i in range(40)], np.ones((40, 16), np.float32)),
+    )
+    assert main([*argv, "--pca-whiten", "0"]) == 2
+    assert capsys.readouterr().err == (
+        "error: PCA whitening: the training descriptors are all equal; give varied ones\n"
+    )

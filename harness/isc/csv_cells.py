@@ -173,11 +173,21 @@ def check_ids(path: Path, ids: np.ndarray, lines: np.ndarray, what: str) -> np.n
 
 
 def first_forbidden(ids: np.ndarray) -> int | None:
-    """The index of the first id holding a forbidden character, or None."""
-    import pandas as pd
-
-    found = np.flatnonzero(pd.Series(ids, dtype=object).str.contains(FORBIDDEN_IN_IDS).to_numpy())
-    return int(found[0]) if len(found) else None
+    """The index of the first id holding a forbidden character, or None (on the code points, in
+    one pass: a regex per id costs more than the whole CSV parse)."""
+    ids = np.asarray(ids, dtype=str)
+    if ids.size == 0 or ids.dtype.itemsize == 0:
+        return None
+    points = ids.view(np.uint32).reshape(len(ids), -1)
+    bad = (
+        (points == ord('"'))
+        | ((points >= 1) & (points < 0x20))
+        | ((points >= 0x7F) & (points <= 0x9F))
+    )
+    # numpy pads with NUL and drops trailing NULs; a NUL followed by a character is inside the id.
+    bad[:, :-1] |= (points[:, :-1] == 0) & (points[:, 1:] != 0)
+    rows = np.flatnonzero(bad.any(axis=1))
+    return int(rows[0]) if len(rows) else None
 
 
 def why_forbidden(identifier: str) -> str:

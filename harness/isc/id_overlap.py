@@ -34,7 +34,7 @@ class ScoredIds:
 
 
 def _unique(ids) -> set[str]:
-    return set(np.unique(np.asarray(ids, dtype=str)).tolist())
+    return set(np.asarray(ids, dtype=str).tolist())
 
 
 def _bare(identifier: str) -> str:
@@ -101,10 +101,11 @@ def partial_overlap(
     import pandas as pd
 
     warnings = []
-    listed = pd.Series(np.asarray(ids.query, dtype=str)).isin(_unique(gt.queries)).to_numpy()
-    if not listed.all():
-        absent = len(_unique(np.asarray(ids.query, dtype=str)[~listed]))
-        total = len(_unique(ids.query))
+    scored_queries = _unique(ids.query)
+    absent = len(scored_queries - _unique(gt.queries))
+    if absent:
+        listed = pd.Series(np.asarray(ids.query, dtype=str)).isin(_unique(gt.queries)).to_numpy()
+        total = len(scored_queries)
         fate = (
             "are left out (--restrict-to-gt-queries)"
             if restrict_to_gt_queries
