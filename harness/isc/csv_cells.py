@@ -2,9 +2,9 @@
 
 One rule for every cell of every file: leading and trailing whitespace (Python's `str.strip`,
 whatever the quoting) is not part of the value, so `Q00001 `, ` Q00001` and `"Q00001"` are one id.
-An id must be non-empty and hold no control character and no double quote. A first line that is not the expected
-header must look like the data below it, or it is refused: a header with other names is never
-read as a row.
+An id must be non-empty and hold no control character and no double quote. A first line that is
+not the expected header must look like the data below it, or it is refused: a header with other
+names is never read as a row.
 """
 
 from __future__ import annotations
