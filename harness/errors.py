@@ -13,3 +13,7 @@ class InputError(HarnessError):
 
 class ConfigError(HarnessError):
     """An invalid configuration: unknown key, wrong type, impossible value."""
+
+
+class OutputError(HarnessError):
+    """An output the command must not or cannot write: one of its own inputs, a directory, ..."""

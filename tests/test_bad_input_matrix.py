@@ -11,6 +11,7 @@ from __future__ import annotations
 import fractions
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,6 +223,156 @@ def _too_many_dimensions(ws: Workspace):
     )
 
 
+def _predictions_of_the_ground_truth(ws: Workspace, suffix: str = "") -> Path:
+    path = ws.root / "p.csv"
+    query, reference = ws.positive_pair().split(",")
+    path.write_text(f"{query}{suffix},{reference}{suffix},0.5\n")
+    return path
+
+
+def _other_header_names(ws: Workspace):
+    gt = ws.bench / "ground_truth.csv"
+    gt.write_text(gt.read_text().replace("query_id,reference_id", "qid,rid", 1))
+    path = _predictions_of_the_ground_truth(ws)
+    return ws.score_args("--predictions", str(path)), (
+        f"error: {gt}:1: unknown columns 'qid,rid', expected query_id,reference_id (the first "
+        "line is not an id pair like the lines below it: name the columns "
+        "query_id,reference_id, or remove the line)"
+    )
+
+
+def _ids_with_extension(ws: Workspace):
+    path = _predictions_of_the_ground_truth(ws, ".jpg")
+    gt = ws.bench / "ground_truth.csv"
+    query = ws.positive_pair().split(",")[0]
+    return ws.score_args("--predictions", str(path)), (
+        f"error: none of the 1 query ids in {path} and none of the 1 reference ids in {path} is "
+        f"in {gt}, so every metric would be 0: ids differ in form ('{query}.jpg' here, '{query}' "
+        f"in {gt}); write ids as image names without folder or extension (pass "
+        "--allow-disjoint-ids if this is intended)"
+    )
+
+
+def _swapped_descriptor_files(ws: Workspace):
+    queries = ws.descriptors("q.h5", "query", 8, 16)
+    references = ws.descriptors("r.h5", "reference", 16, 16)
+    gt = ws.bench / "ground_truth.csv"
+    first_reference = min(
+        line.split(",")[1] for line in gt.read_text().splitlines()[1:] if line.split(",")[1]
+    )
+    return ws.score_args("--queries", str(references), "--references", str(queries)), (
+        f"error: none of the 16 query ids in {references} and none of the 8 reference ids in "
+        f"{queries} is in {gt}, so every metric would be 0: queries and references look "
+        f"swapped ('{first_reference}' is on the other side in {gt}) (pass --allow-disjoint-ids "
+        "if this is intended)"
+    )
+
+
+def _output_over_an_input(ws: Workspace):
+    queries = ws.descriptors("q.h5", "query", 8, 16)
+    references = ws.descriptors("r.h5", "reference", 16, 16)
+    gt = ws.bench / "ground_truth.csv"
+    argv = ws.score_args("--queries", str(queries), "--references", str(references))
+    return [*argv, "--write-predictions", str(gt)], (
+        f"error: --write-predictions {gt} would overwrite the input --gt {gt}; choose another "
+        "output file"
+    )
+
+
+def _plot_over_an_input(ws: Workspace):
+    path = _predictions_of_the_ground_truth(ws)
+    return ws.score_args("--predictions", str(path), "--pr-curve", str(path)), (
+        f"error: --pr-curve {path} would overwrite the input --predictions {path}; choose "
+        "another output file"
+    )
+
+
+def _directory_for_a_file(ws: Workspace):
+    path = ws.root / "predictions"
+    path.mkdir()
+    return ws.score_args("--predictions", str(path)), (
+        f"error: {path}: is a directory, expected a file"
+    )
+
+
+def _fifo_for_a_file(ws: Workspace):
+    import os
+
+    path = ws.root / "predictions.csv"
+    os.mkfifo(path)
+    return ws.score_args("--predictions", str(path)), (
+        f"error: {path}: is a FIFO (named pipe), not a regular file; save its content to a file "
+        "and pass that"
+    )
+
+
+def _not_utf8(ws: Workspace):
+    path = ws.root / "predictions.csv"
+    path.write_bytes("Q00000,R00000é,0.5\n".encode("latin-1"))
+    return ws.score_args("--predictions", str(path)), (
+        f"error: {path}:1: not a UTF-8 text file (byte 0xe9: invalid continuation byte); save "
+        "it as UTF-8"
+    )
+
+
+def _empty_predictions(ws: Workspace):
+    path = ws.root / "predictions.csv"
+    path.write_bytes(b"")
+    return ws.score_args("--predictions", str(path)), f"error: {path}: the file is empty"
+
+
+def _empty_descriptor_file(ws: Workspace):
+    queries = ws.root / "q.h5"
+    queries.write_bytes(b"")
+    references = ws.descriptors("r.h5", "reference", 16, 16)
+    return ws.score_args("--queries", str(queries), "--references", str(references)), (
+        f"error: {queries}: not a readable HDF5 file (Unable to synchronously open file (file "
+        "signature not found))"
+    )
+
+
+def _zero_dimensions(ws: Workspace):
+    queries = ws.descriptors("q.h5", "query", 8, 0)
+    references = ws.descriptors("r.h5", "reference", 16, 0)
+    return ws.score_args("--queries", str(queries), "--references", str(references)), (
+        f"error: {queries}: dataset 'query': dimension 0 (the descriptors hold no values)"
+    )
+
+
+def _descriptor_ids_not_utf8(ws: Workspace):
+    import h5py
+
+    queries = ws.descriptors("q.h5", "query", 8, 16)
+    with h5py.File(queries, "r+") as handle:
+        ids = handle["query_ids"][()]
+        ids[0] = b"Q\xe90000"
+        del handle["query_ids"]
+        handle["query_ids"] = ids
+    references = ws.descriptors("r.h5", "reference", 16, 16)
+    return ws.score_args("--queries", str(queries), "--references", str(references)), (
+        f"error: {queries}: dataset query_ids: the id of row 0 (b'Q\\xe90000') is not UTF-8; "
+        "write ids as UTF-8 text"
+    )
+
+
+def _negative_pca_dimension(ws: Workspace):
+    queries = ws.descriptors("q.h5", "query", 8, 16)
+    references = ws.descriptors("r.h5", "reference", 16, 16)
+    argv = ws.score_args("--queries", str(queries), "--references", str(references))
+    return [*argv, "--training", str(references), "--pca-whiten", "-1"], (
+        "error: --pca-whiten must be >= 0 (0 keeps the dimension), got -1"
+    )
+
+
+def _no_negatives(ws: Workspace):
+    queries = ws.descriptors("q.h5", "query", 8, 16)
+    references = ws.descriptors("r.h5", "reference", 16, 16)
+    argv = ws.score_args("--queries", str(queries), "--references", str(references))
+    return [*argv, "--training", str(references), "--subtract-negatives", "--negatives-k", "0"], (
+        "error: --negatives-k must be >= 1, got 0"
+    )
+
+
 _TRAIN_KEYS = (
     "amp, batch_size, budget_kind, budget_value, channels_last, checkpoint_every, device, "
     "log_every, lr, momentum, n_views, num_workers, optimizer, schedule, warmup_steps, weight_decay"
@@ -404,6 +555,20 @@ CASES = [
     Case("truncated checkpoint", _truncated_checkpoint),
     Case("checkpoint that would run code", _checkpoint_with_code),
     Case("record whose µAP is not a finite number", _infinite_map_record),
+    Case("ground-truth header with other names", _other_header_names),
+    Case("predicted ids with a file extension", _ids_with_extension),
+    Case("query and reference files swapped", _swapped_descriptor_files),
+    Case("output over an input (--write-predictions)", _output_over_an_input),
+    Case("output over an input (--pr-curve)", _plot_over_an_input),
+    Case("a directory where a file is expected", _directory_for_a_file),
+    Case("a FIFO where a file is expected", _fifo_for_a_file),
+    Case("CSV not in UTF-8", _not_utf8),
+    Case("empty predictions file", _empty_predictions),
+    Case("empty descriptor file", _empty_descriptor_file),
+    Case("descriptors of dimension 0", _zero_dimensions),
+    Case("descriptor ids not in UTF-8", _descriptor_ids_not_utf8),
+    Case("negative PCA dimension", _negative_pca_dimension),
+    Case("no negatives to subtract", _no_negatives),
 ]
 
 
@@ -509,3 +674,45 @@ def test_corrupt_image_can_be_skipped_with_the_named_switch(workspace, capsys):
     assert main(["data", "check", str(workspace.bench)]) == 2
     assert main(["data", "check", "--skip-bad-images", str(workspace.bench)]) == 0
     assert f'"path": "{bad}"' in capsys.readouterr().out
+
+
+def _documented_messages() -> list[str]:
+    """The `error: ...` messages of docs/troubleshooting.md's bad-input table."""
+    doc = (Path(__file__).parents[1] / "docs" / "troubleshooting.md").read_text()
+    table = doc.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"`(error: [^`]*)`", table)
+
+
+def _documented_continuations() -> list[str]:
+    """The code spans of the bad-input table that continue a message on its next lines."""
+    doc = (Path(__file__).parents[1] / "docs" / "troubleshooting.md").read_text()
+    table = doc.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    return [span.strip() for span in re.findall(r"`(  [^`]*)`", table)]
+
+
+def _as_documented(message: str, ws: Workspace) -> str:
+    """The message with the paths written as the table writes them: BENCH, results/RUN, results,
+    and files of the workspace by their name."""
+    run_dirs = [p for p in ws.out.iterdir() if p.is_dir()] if ws.out.is_dir() else []
+    for run_dir in run_dirs:
+        message = message.replace(f"{run_dir}/", "results/RUN/")
+    message = message.replace(str(ws.bench), "BENCH").replace(str(ws.out), "results")
+    return message.replace(f"{ws.root}/", "")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_docs_troubleshooting_shows_the_message_word_for_word(case, workspace):
+    """`...` in the table stands for text left out (a long list, a library's long explanation)."""
+    _, expected = case.setup(workspace)
+    message = _as_documented(expected, workspace)
+    documented = _documented_messages()
+    patterns = [".*".join(re.escape(part) for part in text.split("...")) for text in documented]
+    # The truncated image's row adds libjpeg's byte count to the message the test knows.
+    prefix = case.name == "truncated image"
+    first, *continued = message.splitlines()
+    assert any(re.fullmatch(pattern, first) for pattern in patterns) or (
+        prefix and any(text.startswith(first) for text in documented)
+    ), f"docs/troubleshooting.md lacks {first!r}"
+    # A message of several lines shows its next lines as code spans of the same table.
+    for line in continued:
+        assert line.strip() in _documented_continuations(), f"docs lack the line {line!r}"

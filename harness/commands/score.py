@@ -29,7 +29,15 @@ Predictions for queries that are absent from the ground truth count as false pos
 behaviour); --restrict-to-gt-queries drops them instead. Bad input (malformed lines, unknown columns,
 non-numeric or NaN scores, duplicate pairs, NaN/inf descriptors, more than --max-dim dimensions,
 mismatched dimensions, non-string ids, an empty file) is an error that names the file and line or
-dataset; nothing is silently dropped.
+dataset; nothing is silently dropped. Ids are compared without surrounding whitespace, in every file.
+
+When no query id (or no reference id) of the predictions or descriptors is in the ground truth
+(ids with `.jpg`, queries and references swapped, files of another benchmark), every metric would be
+0: that is an error unless --allow-disjoint-ids says it is intended. Query ids absent from the ground
+truth, and ground-truth pairs without descriptors, are counted in a warning on stderr.
+
+No output (--write-predictions, --pr-curve) may name an input file: that is refused before anything
+is read.
 """
 
 METRIC_LABELS = {
@@ -134,6 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print exactly one JSON object (null where undefined) instead of the table",
     )
     output.add_argument("--pr-curve", metavar="FILE.png", help="draw the precision-recall curve")
+    output.add_argument(
+        "--allow-disjoint-ids",
+        action="store_true",
+        help="score even when no query (or reference) id is in the ground truth (all metrics 0)",
+    )
 
 
 def _format_value(key: str, value) -> str:
@@ -150,6 +163,67 @@ def format_table(metrics: dict) -> str:
     for key, label in METRIC_LABELS.items():
         lines.append(f"{label:<{width}}  {_format_value(key, metrics[key])}")
     return "\n".join(lines)
+
+
+# Numeric options and their smallest valid value.
+_AT_LEAST = {
+    "max_results": 1,
+    "knn": 1,
+    "max_dim": 1,
+    "pca_whiten": 0,
+    "score_norm_n": 1,
+    "negatives_k": 1,
+}
+_FINITE = ("score_norm_beta", "negatives_alpha")
+
+
+def _check_option_values(args) -> None:
+    """Refuse out-of-range numbers before they reach faiss (which would assert or abort)."""
+    import math
+
+    from harness.errors import ConfigError
+
+    for name, least in _AT_LEAST.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            note = " (0 keeps the dimension)" if name == "pca_whiten" else ""
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {least}{note}, got {value}")
+    for name in _FINITE:
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+
+
+def _check_files(args) -> None:
+    from harness.file_checks import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(
+        {"--write-predictions": args.write_predictions, "--pr-curve": args.pr_curve},
+        {
+            "--gt": args.gt,
+            "--predictions": args.predictions,
+            "--queries": args.queries,
+            "--references": args.references,
+            "--training": args.training,
+        },
+    )
+
+
+def _check_id_overlap(args, gt, ids) -> None:
+    """Refuse ids that never meet the ground truth's (unless allowed); warn about partial overlap."""
+    from harness.errors import InputError
+    from harness.isc.id_overlap import disjoint_ids, partial_overlap
+
+    problem = disjoint_ids(gt, ids, args.gt)
+    if problem is not None and not args.allow_disjoint_ids:
+        raise InputError(f"{problem} (pass --allow-disjoint-ids if this is intended)")
+    warnings = (
+        [problem]
+        if problem is not None
+        else partial_overlap(gt, ids, args.gt, restrict_to_gt_queries=args.restrict_to_gt_queries)
+    )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _score_norm_options(args):
@@ -201,6 +275,7 @@ def draw_pr_curve(path: str, precision, recall, title: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from harness.errors import ConfigError, InputError
+    from harness.file_checks import writing_output
     from harness.isc import (
         NegativeEmbedding,
         evaluate,
@@ -211,6 +286,7 @@ def main(args: argparse.Namespace) -> int:
         read_predictions,
         write_predictions,
     )
+    from harness.isc.id_overlap import ScoredIds
 
     descriptor_mode = args.queries is not None or args.references is not None
     if args.predictions and descriptor_mode:
@@ -226,17 +302,25 @@ def main(args: argparse.Namespace) -> int:
         or args.score_norm
         or args.pca_whiten is not None
         or args.subtract_negatives
+        or args.write_predictions
     ):
         raise ConfigError(
-            "--knn, --max-results, --training, --score-norm, --pca-whiten and "
-            "--subtract-negatives apply to descriptors only"
+            "--knn, --max-results, --training, --score-norm, --pca-whiten, "
+            "--subtract-negatives and --write-predictions apply to descriptors only"
         )
-    if args.max_dim < 1:
-        raise ConfigError(f"--max-dim must be >= 1, got {args.max_dim}")
+    _check_option_values(args)
+    _check_files(args)
 
     gt = read_ground_truth(args.gt)
     if args.predictions:
         predictions = read_predictions(args.predictions)
+        _check_id_overlap(
+            args,
+            gt,
+            ScoredIds(
+                predictions.query, predictions.reference, args.predictions, args.predictions, False
+            ),
+        )
         metrics = evaluate(gt, predictions, restrict_to_gt_queries=args.restrict_to_gt_queries)
     else:
         score_norm = _score_norm_options(args)
@@ -265,6 +349,9 @@ def main(args: argparse.Namespace) -> int:
                     f"descriptor dimensions differ: {args.queries} has {queries.dim}, {path} "
                     f"has {other.dim}"
                 )
+        _check_id_overlap(
+            args, gt, ScoredIds(queries.ids, references.ids, args.queries, args.references, True)
+        )
         queries, references, training = prepare_descriptors(
             queries,
             references,
@@ -287,7 +374,8 @@ def main(args: argparse.Namespace) -> int:
             progress=not args.json and sys.stderr.isatty(),
         )
         if args.write_predictions:
-            write_predictions(args.write_predictions, predictions)
+            with writing_output("--write-predictions", args.write_predictions):
+                write_predictions(args.write_predictions, predictions)
 
     result = metrics.to_dict()
     if args.pr_curve:
@@ -296,7 +384,8 @@ def main(args: argparse.Namespace) -> int:
         )
         ap = result["average_precision"]
         title = f"µAP = {ap:.4f}" if ap is not None else "µAP undefined"
-        draw_pr_curve(args.pr_curve, precision, recall, title)
+        with writing_output("--pr-curve", args.pr_curve):
+            draw_pr_curve(args.pr_curve, precision, recall, title)
     if args.json:
         print(json.dumps(result))
     else:

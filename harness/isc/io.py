@@ -7,13 +7,14 @@ dataset and row (HDF5); nothing is silently dropped. Every writer goes through h
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
 from harness.atomic import atomic_path, atomic_write_text
 from harness.errors import InputError
+from harness.file_checks import require_input_file
+from harness.isc import csv_cells
 from harness.isc.types import Descriptors, GroundTruth, Predictions
 
 GT_COLUMNS = ("query_id", "reference_id")
@@ -28,94 +29,27 @@ MAX_DESCRIPTOR_DIM = 256
 # --------------------------------------------------------------------------------------------
 
 
-def _read_csv_cells(path: Path, columns: tuple[str, ...]) -> np.ndarray:
-    """All cells of a CSV as a (lines, len(columns)) object array of str, row i = line i + 1
-    (blank lines included, so line numbers stay right); missing trailing fields are ""."""
-    import pandas as pd
-
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        frame = pd.read_csv(
-            path,
-            header=None,
-            dtype=str,
-            na_filter=False,
-            skip_blank_lines=False,
-            skipinitialspace=True,
-        )
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: the file is empty") from None
-    except pd.errors.ParserError as err:
-        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
-        if found:
-            line, saw = found.group(2), found.group(3)
-            raise InputError(
-                f"{path}:{line}: {saw} fields, expected {len(columns)} ({','.join(columns)})"
-            ) from None
-        raise InputError(f"{path}: malformed CSV: {' '.join(str(err).split())}") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not a UTF-8 text file ({err.reason})") from None
-
-    cells = frame.to_numpy(dtype=object)
-    if cells.shape[1] > len(columns):
-        extra = cells[:, len(columns) :]
-        bad = np.flatnonzero((extra != "").any(axis=1))
-        line = int(bad[0]) + 1 if len(bad) else 1
-        raise InputError(
-            f"{path}:{line}: {cells.shape[1]} fields, expected {len(columns)} ({','.join(columns)})"
-        )
-    if cells.shape[1] < len(columns):
-        padding = np.full((len(cells), len(columns) - cells.shape[1]), "", dtype=object)
-        cells = np.hstack([cells, padding])
-    return cells
-
-
-def _split_header(
-    path: Path, cells: np.ndarray, columns: tuple[str, ...], looks_like_header
-) -> tuple[np.ndarray, np.ndarray]:
-    """Drop an optional header row and blank lines; return (cells, line numbers)."""
-    lines = np.arange(1, len(cells) + 1)
-    blank = (cells == "").all(axis=1)
-    cells, lines = cells[~blank], lines[~blank]
-    if len(cells) and looks_like_header(cells[0]):
-        header = tuple(str(c).strip() for c in cells[0])
-        if header != columns:
-            raise InputError(
-                f"{path}:{lines[0]}: unknown columns {','.join(header)!r}, "
-                f"expected {','.join(columns)} (if this is a data row, a field is malformed)"
-            )
-        cells, lines = cells[1:], lines[1:]
-    return cells, lines
-
-
-def _check_ids(path: Path, ids: np.ndarray, lines: np.ndarray, what: str) -> np.ndarray:
-    # Ids are taken verbatim (the parser already skips whitespace after a comma).
-    ids = ids.astype(str)
-    empty = np.flatnonzero(ids == "")
-    if len(empty):
-        raise InputError(f"{path}:{lines[empty[0]]}: empty {what}")
-    return ids
-
-
 def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
-    """Read `query_id,reference_id` (header optional); an empty reference_id marks a distractor."""
+    """Read `query_id,reference_id` (header optional); an empty reference_id marks a distractor.
+
+    Ids are stripped of surrounding whitespace (harness.isc.csv_cells); a first line that is
+    neither the header nor an id pair like the rows below it is an error."""
     path = Path(path)
-    cells = _read_csv_cells(path, GT_COLUMNS)
-    cells, lines = _split_header(
+    cells = csv_cells.read_cells(path, GT_COLUMNS)
+    cells, lines = csv_cells.drop_blank_lines_and_header(
         path,
         cells,
         GT_COLUMNS,
-        lambda row: (
-            str(row[0]).strip() in GT_COLUMNS
-            or str(row[0]).strip().lower() in ("query", "query_id", "queries")
-        ),
+        csv_cells.looks_like_id_pair,
+        "the first line is not an id pair like the lines below it: name the columns "
+        f"{','.join(GT_COLUMNS)}, or remove the line",
     )
     if len(cells) == 0:
         raise InputError(f"{path}: no ground-truth rows")
-    queries = _check_ids(path, cells[:, 0], lines, "query_id")
+    queries = csv_cells.check_ids(path, cells[:, 0], lines, "query_id")
     references = cells[:, 1].astype(str)
     has_match = references != ""
+    csv_cells.check_ids(path, references[has_match], lines[has_match], "reference_id")
 
     pairs = np.char.add(np.char.add(queries, "\x00"), references)
     _, first, counts = np.unique(pairs, return_index=True, return_counts=True)
@@ -152,11 +86,11 @@ def write_ground_truth(path: str | os.PathLike, gt: GroundTruth) -> None:
 def read_predictions(path: str | os.PathLike) -> Predictions:
     """Read `query_id,reference_id,score` (header optional). Malformed rows, non-numeric or
     non-finite scores, empty ids, duplicate (query, reference) pairs and an empty file are errors
-    (InputError naming the file and line)."""
-    path = Path(path)
+    (InputError naming the file and line). Cells are stripped of surrounding whitespace."""
+    path = require_input_file(path)
     try:
         predictions = _read_predictions_fast(path)
-    except (ValueError, InputError, UnicodeDecodeError):
+    except (ValueError, OverflowError, UnicodeDecodeError):
         predictions = None
     # Anything unusual is re-read cell by cell, which finds and reports the offending line.
     return predictions if predictions is not None else _read_predictions_checked(path)
@@ -166,11 +100,11 @@ def _read_predictions_fast(path: Path) -> Predictions | None:
     """The common case in one native pass; None if any check fails (the caller then re-reads)."""
     import pandas as pd
 
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         first = next((line for line in handle if line.strip()), "")
-    has_header = [field.strip() for field in first.split(",")] == list(PREDICTION_COLUMNS)
+    has_header = csv_cells.is_header(
+        np.array([field.strip() for field in first.split(",")]), PREDICTION_COLUMNS
+    )
     frame = pd.read_csv(
         path,
         header=0 if has_header else None,
@@ -181,15 +115,29 @@ def _read_predictions_fast(path: Path) -> Predictions | None:
         engine="c",
         float_precision="round_trip",  # exact: what write_predictions wrote is what we read
     )
-    if len(frame) == 0:
+    # A line longer than the header makes pandas take its first fields as an index, shifting
+    # every column: the checked reader then names the line.
+    if len(frame) == 0 or not isinstance(frame.index, pd.RangeIndex):
         return None
-    query = frame["query_id"].to_numpy(dtype=str)
-    reference = frame["reference_id"].to_numpy(dtype=str)
+    query = np.strings.strip(frame["query_id"].to_numpy(dtype=str))
+    reference = np.strings.strip(frame["reference_id"].to_numpy(dtype=str))
     score = frame["score"].to_numpy(dtype=np.float64)
     if not np.isfinite(score).all() or (query == "").any() or (reference == "").any():
         return None
+    if csv_cells.first_forbidden(query) is not None:
+        return None
+    if csv_cells.first_forbidden(reference) is not None:
+        return None
     predictions = Predictions(query=query, reference=reference, score=score)
     return None if find_duplicate_pair(predictions) is not None else predictions
+
+
+def _is_number(text) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
@@ -197,21 +145,22 @@ def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
     import pandas as pd
 
     path = Path(path)
-    cells = _read_csv_cells(path, PREDICTION_COLUMNS)
-
-    def looks_like_header(row) -> bool:
-        # A first row whose score does not parse as a number ("nan" and "inf" do) is a header.
-        try:
-            float(str(row[2]))
-        except ValueError:
-            return True
-        return False
-
-    cells, lines = _split_header(path, cells, PREDICTION_COLUMNS, looks_like_header)
+    cells = csv_cells.read_cells(path, PREDICTION_COLUMNS)
+    # A first row is data if its score parses as a number ("nan" and "inf" do), or if it has no
+    # score but ids like the rows below (a row missing its score, reported as such).
+    cells, lines = csv_cells.drop_blank_lines_and_header(
+        path,
+        cells,
+        PREDICTION_COLUMNS,
+        lambda first, rest: (
+            _is_number(first[2]) or (first[2] == "" and csv_cells.looks_like_id_pair(first, rest))
+        ),
+        "if this is a data row, a field is malformed",
+    )
     if len(cells) == 0:
         raise InputError(f"{path}: no predictions (the file has no data rows)")
-    queries = _check_ids(path, cells[:, 0], lines, "query_id")
-    references = _check_ids(path, cells[:, 1], lines, "reference_id")
+    queries = csv_cells.check_ids(path, cells[:, 0], lines, "query_id")
+    references = csv_cells.check_ids(path, cells[:, 1], lines, "reference_id")
     raw_scores = cells[:, 2]
     scores = pd.to_numeric(pd.Series(raw_scores), errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(scores))
@@ -219,7 +168,7 @@ def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
         i = bad[0]
         what = (
             f"no score (expected {','.join(PREDICTION_COLUMNS)})"
-            if str(raw_scores[i]).strip() == ""
+            if str(raw_scores[i]) == ""
             else f"score {raw_scores[i]!r} is not a finite number"
         )
         raise InputError(
@@ -285,18 +234,21 @@ def write_descriptors(path: str | os.PathLike, **splits: Descriptors) -> None:
                 handle.create_dataset(f"{split}_ids", data=ids.astype(bytes))
 
 
-def descriptor_splits(path: str | os.PathLike) -> list[str]:
-    """The descriptor splits (`query`, `reference`, `training`) present in an HDF5 file."""
+def _open_descriptor_file(path: Path):
     import h5py
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+    require_input_file(path)
     try:
-        with h5py.File(path, "r") as handle:
-            return [name for name in DESCRIPTOR_SPLITS if name in handle]
+        return h5py.File(path, "r")
     except OSError as err:
         raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
+def descriptor_splits(path: str | os.PathLike) -> list[str]:
+    """The descriptor splits (`query`, `reference`, `training`) present in an HDF5 file."""
+    path = Path(path)
+    with _open_descriptor_file(path) as handle:
+        return [name for name in DESCRIPTOR_SPLITS if name in handle]
 
 
 def read_descriptors(
@@ -304,19 +256,12 @@ def read_descriptors(
 ) -> Descriptors:
     """Read one split of a descriptor file; with `split=None` the file must hold exactly one.
 
-    Errors (InputError, naming the file and dataset): missing split, ids that are not strings,
-    duplicate ids, ids/rows count mismatch, non-float or non-2-D features, NaN/inf values,
-    dimension above `max_dim` (256, the ISC descriptor-track limit)."""
-    import h5py
-
+    Ids are stripped of surrounding whitespace, as in the CSV files. Errors (InputError, naming
+    the file and dataset): missing split, ids that are not (UTF-8) strings, empty ids or ids with
+    forbidden characters, duplicate ids, ids/rows count mismatch, non-float or non-2-D features, no
+    rows, dimension 0 or above `max_dim` (256, the ISC descriptor-track limit), NaN/inf values."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise InputError(f"{path}: not a readable HDF5 file ({err})") from None
-    with handle:
+    with _open_descriptor_file(path) as handle:
         present = [name for name in DESCRIPTOR_SPLITS if name in handle]
         if split is None:
             if len(present) != 1:
@@ -325,37 +270,15 @@ def read_descriptors(
                     f"{present or 'none'} (datasets: {sorted(handle.keys())}); name the split"
                 )
             split = present[0]
-        if split not in handle:
-            raise InputError(f"{path}: no dataset {split!r} (datasets: {sorted(handle.keys())})")
-        if f"{split}_ids" not in handle:
-            raise InputError(f"{path}: dataset {split!r} has no {split}_ids dataset")
-        features_ds, ids_ds = handle[split], handle[f"{split}_ids"]
-        if not isinstance(features_ds, h5py.Dataset) or features_ds.ndim != 2:
-            raise InputError(f"{path}: dataset {split!r} must be a 2-D array (n, d)")
-        if features_ds.dtype.kind != "f":
-            raise InputError(
-                f"{path}: dataset {split!r} has dtype {features_ds.dtype}, expected float32"
-            )
-        if h5py.check_string_dtype(ids_ds.dtype) is None and ids_ds.dtype.kind not in "SU":
-            raise InputError(
-                f"{path}: dataset {split}_ids has dtype {ids_ds.dtype}; ids must be strings"
-            )
-        if ids_ds.ndim != 1:
-            raise InputError(f"{path}: dataset {split}_ids must be 1-D")
-        features = np.asarray(features_ds[()], dtype=np.float32)
-        raw_ids = ids_ds[()]
-    if raw_ids.dtype.kind == "S":
-        ids = np.char.decode(raw_ids, "utf-8")
-    elif raw_ids.dtype.kind == "O":  # variable-length strings
-        ids = np.asarray(
-            [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in raw_ids], dtype=str
-        )
-    else:
-        ids = raw_ids.astype(str)
-
+        features, raw_ids = _read_split_datasets(path, handle, split)
     where = f"{path}: dataset {split!r}"
+    ids = _decode_ids(f"{path}: dataset {split}_ids", raw_ids)
     if len(ids) != len(features):
         raise InputError(f"{where}: {len(features)} rows but {len(ids)} ids in {split}_ids")
+    if len(features) == 0:
+        raise InputError(f"{where}: no descriptors (0 rows)")
+    if features.shape[1] == 0:
+        raise InputError(f"{where}: dimension 0 (the descriptors hold no values)")
     if features.shape[1] > max_dim:
         raise InputError(
             f"{where}: dimension {features.shape[1]} exceeds {max_dim} (the ISC descriptor-track "
@@ -368,10 +291,80 @@ def read_descriptors(
             f"{where}: row {row} (id {ids[row]}) holds NaN or inf "
             f"({int((~finite).sum())} such rows)"
         )
-    empty = np.flatnonzero(np.char.strip(ids) == "") if len(ids) else []
-    if len(empty):
-        raise InputError(f"{where}: row {int(empty[0])} has an empty id")
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"{where}: duplicate id {str(unique[counts > 1][0])!r}")
     return Descriptors(ids=ids, features=features)
+
+
+def _read_split_datasets(path: Path, handle, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The features (float32) and raw ids of one split, their layout checked."""
+    import h5py
+
+    if split not in handle:
+        raise InputError(f"{path}: no dataset {split!r} (datasets: {sorted(handle.keys())})")
+    if f"{split}_ids" not in handle:
+        raise InputError(f"{path}: dataset {split!r} has no {split}_ids dataset")
+    features_ds, ids_ds = handle[split], handle[f"{split}_ids"]
+    if (
+        not isinstance(features_ds, h5py.Dataset)
+        or features_ds.shape is None
+        or features_ds.ndim != 2
+    ):
+        raise InputError(f"{path}: dataset {split!r} must be a 2-D array (n, d)")
+    if features_ds.dtype.kind != "f":
+        raise InputError(
+            f"{path}: dataset {split!r} has dtype {features_ds.dtype}, expected float32"
+        )
+    if not isinstance(ids_ds, h5py.Dataset) or ids_ds.shape is None:
+        raise InputError(f"{path}: {split}_ids must be a dataset of strings")
+    if h5py.check_string_dtype(ids_ds.dtype) is None and ids_ds.dtype.kind not in "SU":
+        raise InputError(
+            f"{path}: dataset {split}_ids has dtype {ids_ds.dtype}; ids must be strings"
+        )
+    if ids_ds.ndim != 1:
+        raise InputError(f"{path}: dataset {split}_ids must be 1-D")
+    try:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+            features = np.asarray(features_ds[()], dtype=np.float32)
+        raw_ids = ids_ds[()]
+    except OSError as err:
+        raise InputError(
+            f"{path}: cannot read dataset {split!r} ({err}); the file is damaged"
+        ) from None
+    return features, raw_ids
+
+
+def _decode_ids(where: str, raw_ids: np.ndarray) -> np.ndarray:
+    """Ids as a stripped str array; InputError for bytes that are not UTF-8, an empty id or a
+    forbidden character (harness.isc.csv_cells)."""
+    try:
+        if raw_ids.dtype.kind == "S":
+            ids = np.char.decode(raw_ids, "utf-8")
+        elif raw_ids.dtype.kind == "O":  # variable-length strings
+            ids = np.asarray(
+                [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in raw_ids], dtype=str
+            )
+        else:
+            ids = raw_ids.astype(str)
+    except UnicodeDecodeError:
+        row, raw = next((row, raw) for row, raw in enumerate(raw_ids.tolist()) if not _is_utf8(raw))
+        raise InputError(
+            f"{where}: the id of row {row} ({raw!r}) is not UTF-8; write ids as UTF-8 text"
+        ) from None
+    ids = np.strings.strip(ids.astype(str)) if len(ids) else np.zeros(0, dtype="<U1")
+    empty = np.flatnonzero(ids == "")
+    if len(empty):
+        raise InputError(f"{where}: row {int(empty[0])} has an empty id")
+    row = csv_cells.first_forbidden(ids)
+    if row is not None:
+        raise InputError(f"{where}: row {row}: {csv_cells.why_forbidden(str(ids[row]))}")
+    return ids
+
+
+def _is_utf8(raw) -> bool:
+    try:
+        raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError:
+        return False
+    return True

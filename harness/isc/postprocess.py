@@ -170,6 +170,21 @@ class PCAWhitening:
             )
         matrix = faiss.PCAMatrix(training.dim, dim, eigen_power)
         matrix.train(training.features)
+        # Whitening divides by the spread along each kept direction: where the training set does
+        # not vary (an eigenvalue 0, up to float32 noise) it would turn every descriptor to NaN.
+        eigenvalues = faiss.vector_to_array(matrix.eigenvalues)
+        largest = float(eigenvalues.max(initial=0.0))
+        varied = int((eigenvalues > largest * 1e-6).sum()) if largest > 0 else 0
+        if eigen_power < 0 and varied < dim:
+            if varied == 0:
+                raise InputError(
+                    "PCA whitening: the training descriptors are all equal; give varied ones"
+                )
+            raise InputError(
+                f"PCA whitening to {dim} dimensions: the training descriptors vary in only "
+                f"{varied} of {training.dim} dimensions; whiten to at most {varied}, or give "
+                "more varied training descriptors"
+            )
         return cls(matrix=matrix, normalize=normalize)
 
     def apply(self, descriptors: Descriptors) -> Descriptors:
