@@ -6,6 +6,7 @@ benchmarks) goes through these helpers: write to a temporary sibling, fsync, the
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -40,7 +41,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as err:
+            # torch.save reports a full disk as an opaque RuntimeError and h5py as an OSError
+            # without a file name: name the file while the half-written temporary still fills
+            # the disk, so the CLI can say what happened and how to go on.
+            named = isinstance(err, OSError) and err.filename is not None
+            full = getattr(err, "errno", None) == errno.ENOSPC or _out_of_space(path.parent)
+            if not named and full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+            raise
         if tmp.is_file():
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
@@ -54,6 +65,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
 
 
+def _out_of_space(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < _FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
+_FULL_DISK_BYTES = 1 << 20  # less free than this after a failed write: the disk filled up
 _TEMPORARY = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
 
 

@@ -115,18 +115,57 @@ def read_checkpoint(path: Path, device: torch.device) -> dict | None:
 
 def restore_components(
     state: dict,
+    path: Path,
     *,
     method: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler | None,
 ) -> None:
-    """Load the state dicts of a checkpoint read by `read_checkpoint` (not its counters or RNG)."""
-    method.load_state_dict(state["method"])
-    optimizer.load_state_dict(state["optimizer"])
+    """Load the state dicts of a checkpoint read by `read_checkpoint` from `path` (not its counters
+    or RNG). A checkpoint put there by another method or model size is one clear error."""
+    misfit = _misfit(method.state_dict(), state.get("method"))
+    try:
+        if misfit is None:
+            method.load_state_dict(state["method"])
+            optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as err:
+        misfit = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+    if misfit is not None:
+        raise HarnessError(
+            f"{path}: the checkpoint does not fit this run's model ({misfit}); it was written for "
+            "another method or model size: delete it to restart training, or use another --out"
+        )
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
+
+
+def _misfit(expected: dict, found) -> str | None:
+    """How the tensors of a checkpoint's model differ from the model's, or None if they fit."""
+    if not isinstance(found, dict):
+        return "no model state"
+
+    def listed(keys: list[str], what: str) -> str:
+        return f"{len(keys)} {what}, e.g. {', '.join(keys[:2])}"
+
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [
+        f"{key}: {tuple(found[key].shape)} in the checkpoint, {tuple(value.shape)} here"
+        for key, value in expected.items()
+        if key in found and hasattr(found[key], "shape") and found[key].shape != value.shape
+    ]
+    parts = [
+        listed(keys, what)
+        for keys, what in (
+            (missing, "missing tensors"),
+            (unexpected, "unexpected tensors"),
+            (reshaped, "of another shape"),
+        )
+        if keys
+    ]
+    return "; ".join(parts) or None
 
 
 def _load_failure(err: Exception) -> str:

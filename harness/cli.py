@@ -12,7 +12,7 @@ import pkgutil
 import sys
 
 from harness import __version__, commands
-from harness.errors import HarnessError
+from harness.errors import HarnessError, os_error_message
 
 DESCRIPTION = """\
 isc-bench: train self-supervised descriptors (QK iteration, SimCLR, MoCo, memory bank) under one
@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.filename is None:  # not about a file: a bug, whose traceback is wanted
+            raise
+        print(f"error: {os_error_message(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from harness.errors import ConfigError
+from harness.paths import check_plain_name
 from harness.typed_yaml import apply_override, build_dataclass, coerce, load_yaml, parse_override
 
 
@@ -233,17 +233,12 @@ def _is_registered(name: str) -> bool:
     return name in list_methods()
 
 
-RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]*")
 
 
 def validate(cfg: RunConfig) -> None:
     """Reject values no run can use; each message names the key."""
-    if cfg.run_id is not None and not RUN_ID_PATTERN.fullmatch(cfg.run_id):
-        # The run id names a directory under --out: it must not reach outside it ("../x", "/x").
-        raise ConfigError(
-            f"run_id {cfg.run_id!r} is not a plain directory name (letters, digits, _ . = + -, "
-            "not starting with '.'); it must stay inside --out"
-        )
+    if cfg.run_id is not None:
+        check_plain_name(cfg.run_id, "run_id", "--out")
     t = cfg.train
     if t.budget_value <= 0:
         raise ConfigError(
@@ -265,6 +260,11 @@ def validate(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    if t.batch_size < 2:
+        raise ConfigError(
+            f"train.batch_size must be >= 2, got {t.batch_size}: a contrastive batch needs "
+            "negatives, and BatchNorm in the projection head needs 2 images per batch"
+        )
     for key, value in {
         "train.lr": t.lr,
         "train.warmup_steps": t.warmup_steps,

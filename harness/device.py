@@ -1,5 +1,5 @@
 """Where training runs: the rank and world size, gradient averaging across ranks, mixed precision,
-and moving batches onto the device.
+moving batches onto the device, and how many loader workers the machine can run.
 
 DDP without DistributedDataParallel: each rank takes its slice of the global batch and gradients are
 averaged across ranks by one all-reduce after `backward`, as DistributedDataParallel would (its
@@ -11,11 +11,38 @@ averaged gradient equals the gradient of the loss on the global batch.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import torch
 import torch.distributed as dist
 
 from methods.base import TrainBatch
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: what SLURM or taskset gave it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+_CAPPED: set[tuple[str, int]] = set()
+
+
+def loader_workers(requested: int, key: str) -> int:
+    """`requested` DataLoader workers, at most one per usable CPU. Each worker is a process: a
+    hundred thousand of them take minutes to start and cannot all be stopped by one Ctrl-C."""
+    available = usable_cpus()
+    if requested <= available:
+        return requested
+    if (key, requested) not in _CAPPED:  # say it once per process, not per loader
+        _CAPPED.add((key, requested))
+        print(
+            f"{key}={requested} capped to {available}: this process may use {available} CPUs",
+            file=sys.stderr,
+        )
+    return available
 
 
 def dist_info() -> tuple[int, int]:

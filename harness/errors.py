@@ -1,4 +1,13 @@
-"""User-facing errors: the CLI prints their message (no traceback) and exits non-zero."""
+"""User-facing errors: the CLI prints their message (no traceback) and exits non-zero.
+
+The CLI (harness/cli.py) is the one place they are caught. Besides HarnessError it turns an
+OSError that names a file (a full disk, a read-only or missing folder, a path through a file) into
+the same one line with the way out (`os_error_message`): those come from the user's machine and
+paths, not from a bug. An OSError without a file name still shows its traceback.
+"""
+
+import errno
+import os
 
 
 class HarnessError(Exception):
@@ -17,3 +26,26 @@ class ConfigError(HarnessError):
 
 class OutputError(HarnessError):
     """An output the command must not or cannot write: one of its own inputs, a directory, ..."""
+
+
+# The way out, by errno, for an OSError on a file the user named or the harness writes for them.
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free space on that disk and rerun the same command (a run resumes from its last "
+    "checkpoint; nothing finished is lost)",
+    errno.EDQUOT: "the disk quota is used up: free space and rerun the same command",
+    errno.EACCES: "check its permissions, or choose a path you can write (e.g. another --out)",
+    errno.EPERM: "check its permissions, or choose a path you can write (e.g. another --out)",
+    errno.EROFS: "the file system is read-only: choose a writable path (e.g. another --out)",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder where a file is expected: name a file",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "choose a shorter path or name",
+}
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an OSError on a named file: the path, what went wrong, and the way out."""
+    where = err.filename if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+    what = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
+    hint = _OS_ERROR_HINTS.get(err.errno)
+    return f"{where}: {what}" + (f"; {hint}" if hint else "")

@@ -30,7 +30,7 @@ from harness.atomic import (
     remove_stale_temporaries,
 )
 from harness.config import RunConfig, config_to_dict
-from harness.device import amp_dtype, autocast, dist_info
+from harness.device import amp_dtype, autocast, dist_info, loader_workers
 from harness.errors import ConfigError, HarnessError
 from harness.record import build_record, device_description, peak_memory_mb
 from harness.run_dir import (
@@ -149,7 +149,7 @@ def extract_descriptors(
         # uint8 out of the workers, normalized per batch on the device (harness/augment.py)
         ImageDataset(image_set, EvalTransform(cfg.model.image_size, normalize=False)),
         batch_size=cfg.eval.batch_size,
-        num_workers=cfg.data.workers,
+        num_workers=loader_workers(cfg.data.workers, "data.workers"),
         pin_memory=cuda,
     )
     fmt = torch.channels_last if cuda and cfg.train.channels_last else torch.contiguous_format

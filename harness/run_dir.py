@@ -16,14 +16,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.atomic import atomic_write_text
 from harness.config import RunConfig, config_from_dict, config_to_dict, dump_config
 from harness.errors import ConfigError
+from harness.paths import child_path
 from harness.typed_yaml import load_yaml
 
 CONFIG_FILENAME = "config.yaml"
@@ -76,6 +80,27 @@ def _incompatible_record(run_dir: Path) -> str | None:
     return f"schema_version {version!r}, this version reads {SCHEMA_VERSION}"
 
 
+@contextmanager
+def _not_running(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock (harness.pipeline.run_lock) while the block runs; refuse if another
+    process holds it: discarding a run that is training would leave two processes on one run."""
+    lock = run_dir / LOCK_FILE
+    if not lock.is_file():
+        yield
+        return
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{run_dir}: this run is in progress in another process; --overwrite would "
+                "train it twice. Wait for it to finish (or stop it), then pass --overwrite again"
+            ) from None
+        except OSError:  # a file system without locks: nothing to refuse on
+            pass
+        yield
+
+
 def prepare_run_dir(cfg: RunConfig, out_root: str | Path, *, overwrite: bool = False) -> Path:
     """Create (or reuse, to resume) `out_root/<run_id>` and write its resolved `config.yaml`.
 
@@ -83,11 +108,12 @@ def prepare_run_dir(cfg: RunConfig, out_root: str | Path, *, overwrite: bool = F
     an unfinished one is reused so the run resumes from its last checkpoint, provided its config is
     the same.
     """
-    run_dir = Path(out_root) / cfg.run_id
+    run_dir = child_path(out_root, cfg.run_id, "run_id")
     if run_dir.exists() and overwrite:
-        # Move aside first so a crash never leaves half of an old run looking like a new one.
-        trash = run_dir.with_name(f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        run_dir.rename(trash)
+        with _not_running(run_dir):
+            # Move aside first so a crash never leaves half of an old run looking like a new one.
+            trash = run_dir.with_name(f".{run_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            run_dir.rename(trash)
         shutil.rmtree(trash, ignore_errors=True)
     elif (incompatible := _incompatible_record(run_dir)) is not None:
         raise ConfigError(

@@ -20,6 +20,7 @@ from typing import Any
 
 from harness.atomic import atomic_write_json, atomic_write_text, exclusive_lock
 from harness.errors import ConfigError
+from harness.paths import child_path
 from harness.sweep_grid import SweepRun, resolve_runs
 from harness.sweep_spec import SweepSpec
 
@@ -135,7 +136,7 @@ def prepare_sweep(spec: SweepSpec, sweep_dir: str | Path, resolved=None) -> dict
         if source.is_file() and submitted_spec_path(sweep_dir) is None:
             atomic_write_text(sweep_dir / SPEC_COPY, source.read_text(encoding="utf-8"))
         for _run, cfg in resolved:
-            if not run_is_finished(sweep_dir / RUNS_DIR / cfg.run_id):
+            if not run_is_finished(child_path(sweep_dir / RUNS_DIR, cfg.run_id, "run_id")):
                 prepare_run_dir(cfg, sweep_dir / RUNS_DIR)
         save_manifest(sweep_dir, manifest)
     return manifest

@@ -44,6 +44,7 @@ from harness.device import (
     average_gradients,
     batch_to_device,
     dist_info,
+    loader_workers,
     mean_across_ranks,
 )
 from harness.encode import encode_dataset
@@ -158,7 +159,7 @@ class Trainer:
             seed=self.seed,
             seed_key=seed_key,
             batch_size=batch_size or 2 * self.cfg.batch_size,
-            num_workers=self.cfg.num_workers,
+            num_workers=loader_workers(self.cfg.num_workers, "train.num_workers"),
             device=self.device,
             channels_last=self.channels_last,
             amp_dtype=self.amp_dtype,
@@ -235,7 +236,7 @@ class Trainer:
         return DataLoader(
             SeededItems(self.data.stream),
             batch_sampler=sampler,
-            num_workers=self.cfg.num_workers,
+            num_workers=loader_workers(self.cfg.num_workers, "train.num_workers"),
             pin_memory=self.cuda,
             # A dedicated generator: creating the iterator must not consume the global torch RNG.
             generator=torch.Generator().manual_seed(int(derive_seeds(self.seed, STREAM_LOADER)[0])),
@@ -382,6 +383,7 @@ class Trainer:
             return None
         restore_components(
             state,
+            self.checkpoint_path,
             method=self.method,
             optimizer=self.optimizer,
             scheduler=self.scheduler,

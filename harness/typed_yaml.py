@@ -144,8 +144,16 @@ def load_yaml(path: Path) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save it as UTF-8"
+        ) from None
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err}") from None
+        reason = err.strerror or err
+        raise ConfigError(
+            f"cannot read config file {path}: {reason}; check that it is a readable file"
+        ) from None
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:

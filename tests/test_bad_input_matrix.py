@@ -523,6 +523,110 @@ def _infinite_map_record(ws: Workspace):
     )
 
 
+_SKIP = (
+    "to skip bad files, pass --skip-bad-images (data check) or --set data.skip_bad_images=true "
+    "(run, sweep)"
+)
+
+
+def _tiny_training_image(ws: Workspace):
+    """A 1x1 image passes a decode check but not the copy-edit augmentation's text overlays."""
+    path = ws.first("training")
+    Image.new("RGB", (1, 1), (90, 20, 200)).save(path, format="JPEG")
+    return ws.run_args(), (
+        f"error: {path}: too small to train on (1x1 px; at least 16 a side); {_SKIP}"
+    )
+
+
+def _decompression_bomb(ws: Workspace):
+    """A few kilobytes that would decode to 196 million pixels."""
+    path = ws.first("references")
+    Image.new("1", (14_000, 14_000)).save(path, format="PNG")
+    return ws.run_args(), (
+        f"error: {path}: too large to decode safely (Image size (196000000 pixels) exceeds limit "
+        "of 178956970 pixels, could be decompression bomb DOS attack.); " + _SKIP
+    )
+
+
+def _config_not_utf8(ws: Workspace):
+    path = ws.root / "latin.yaml"
+    path.write_bytes("# r\xe9glages\ntrain:\n  lr: 0.1\n".encode("latin-1"))
+    return ws.run_args("--config", str(path)), (
+        f"error: {path}: not UTF-8 text (byte 0xe9 at offset 3); save it as UTF-8"
+    )
+
+
+def _batch_of_one(ws: Workspace):
+    return ws.run_args("--set", "train.batch_size=1"), (
+        "error: train.batch_size must be >= 2, got 1: a contrastive batch needs negatives, and "
+        "BatchNorm in the projection head needs 2 images per batch"
+    )
+
+
+def _out_is_a_file(ws: Workspace):
+    from harness.config import resolve_config
+
+    out = ws.root / "results.txt"
+    out.write_text("not a folder\n")
+    argv = ws.run_args()
+    argv[argv.index("--out") + 1] = str(out)
+    run_id = resolve_config("simclr", overrides=TINY, data=str(ws.bench)).run_id
+    return argv, (
+        f"error: {out / run_id}: Not a directory; a part of this path is a file, not a folder: "
+        "choose another path"
+    )
+
+
+def _checkpoint_of_another_model(ws: Workspace):
+    """A checkpoint copied in from a run of another embedding size."""
+    from harness.checkpoint import write_checkpoint
+    from harness.config import resolve_config
+    from harness.optimization import build_optimizer, build_scheduler
+    from harness.pipeline import build_method
+
+    run_dir = ws.run_dir()
+    other = resolve_config("simclr", overrides=[*TINY, "model.embedding_dim=8"])
+    method = build_method(other, 20, torch.device("cpu"))
+    optimizer = build_optimizer(method, other.train)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    write_checkpoint(
+        checkpoint,
+        step=1,
+        images_seen=8,
+        train_seconds=1.0,
+        wall_seconds=1.0,
+        method=method,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, other.train, lambda step: 0.0),
+        scaler=None,
+    )
+    return ws.run_args(), (
+        f"error: {checkpoint}: the checkpoint does not fit this run's model (5 of another shape, "
+        "e.g. encoder.head.layers.3.weight: (8, 96) in the checkpoint, (16, 96) here, "
+        "encoder.head.layers.4.weight: (8,) in the checkpoint, (16,) here); it was written for "
+        "another method or model size: delete it to restart training, or use another --out"
+    )
+
+
+def _synth_over_a_folder_of_files(ws: Workspace):
+    folder = ws.root / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"precious")
+    return ["data", "synth", "--out", str(folder), "--overwrite", "--no-progress"], (
+        f"error: {folder} is not a benchmark made by data synth (no synth.json); --overwrite "
+        "replaces only those: choose another --out, or remove the folder yourself"
+    )
+
+
+def _sweep_name_escapes(ws: Workspace):
+    path = ws.root / "escape.yaml"
+    path.write_text("name: ../../elsewhere\ngrid:\n  method: [none]\n")
+    return ["sweep", str(path), "--dry-run"], (
+        "error: sweep name '../../elsewhere' is not a plain directory name (letters, digits, "
+        "_ . = + -, not starting with '.'); it must stay inside results/sweeps"
+    )
+
+
 CASES = [
     Case("corrupt image", _corrupt),
     Case("zero-byte image", _zero_byte),
@@ -569,6 +673,14 @@ CASES = [
     Case("descriptor ids not in UTF-8", _descriptor_ids_not_utf8),
     Case("negative PCA dimension", _negative_pca_dimension),
     Case("no negatives to subtract", _no_negatives),
+    Case("training image too small to augment", _tiny_training_image),
+    Case("decompression bomb", _decompression_bomb),
+    Case("config file not UTF-8", _config_not_utf8),
+    Case("batch of one", _batch_of_one),
+    Case("--out is a file", _out_is_a_file),
+    Case("checkpoint of another model", _checkpoint_of_another_model),
+    Case("data synth --overwrite over a folder of files", _synth_over_a_folder_of_files),
+    Case("sweep name escaping results/sweeps", _sweep_name_escapes),
 ]
 
 

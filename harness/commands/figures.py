@@ -37,9 +37,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from harness.paths import child_path
     from harness.report.paper import build_paper_report
 
-    sweep_dir = Path(args.sweep_dir) if args.sweep_dir else Path("results") / "sweeps" / args.name
+    sweep_dir = (
+        Path(args.sweep_dir)
+        if args.sweep_dir
+        else child_path(Path("results") / "sweeps", args.name, "sweep name")
+    )
     out = Path(args.out) if args.out else sweep_dir / "report"
     built, summary = build_paper_report(sweep_dir, out, sweep_name=args.name)
     print(summary)

@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from harness.job_state import wait_jobs
+    from harness.paths import child_path
     from harness.sweep import run_states, status_table, submit_sweep_runs, wait_for_queued_runs
     from harness.sweep_dir import prepare_sweep
     from harness.sweep_grid import resolve_runs
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     resolved = resolve_runs(spec)
     launcher = args.launcher or spec.launcher
     profile = sweep_profile(spec, args.slurm_profile, args.slurm_set)
-    sweep_dir = args.out or Path("results") / "sweeps" / spec.name
+    sweep_dir = args.out or child_path(Path("results") / "sweeps", spec.name, "sweep name")
     if args.dry_run:
         rows = [
             (run.index, run.run_id, " ".join(f"{k}={v}" for k, v in run.point.items()))

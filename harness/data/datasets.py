@@ -32,6 +32,10 @@ def open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return _to_rgb(image)
+    except Image.DecompressionBombError as err:
+        raise InputError(
+            f"{path}: too large to decode safely ({err}); remove it, or {SKIP_HINT}"
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(
             f"{path}: does not decode ({type(err).__name__}: {err}); remove it, or {SKIP_HINT}"

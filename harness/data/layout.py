@@ -17,6 +17,7 @@ directory read and no decoding.
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ SKIP_HINT = (
     "(run, sweep)"
 )
 METADATA_COLUMNS = ("query_id", "reference_id", "source_id", "edits")
+# Training images go through the copy-edit augmentation, whose text overlays draw with a font
+# sized from the image: below 12 px a side it reaches 0 and AugLy fails. Queries and references
+# are only resized, so any size does for them.
+MIN_TRAINING_SIDE = 16
 
 
 @dataclass
@@ -150,8 +155,8 @@ def _ends_with_jpeg_eoi(path: Path) -> bool:
         return handle.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
 
 
-def check_image(path: Path) -> str | None:
-    """The reason `path` cannot be used as an image, or None.
+def check_image(path: Path, min_side: int = 1) -> str | None:
+    """The reason `path` cannot be used as an image (at least `min_side` pixels a side), or None.
 
     PNG: `verify` reads every chunk and its CRC. JPEG: `verify` reads the header only, so a file
     cut short (an interrupted copy) would pass and fail hours into a run. A JPEG that does not end
@@ -162,17 +167,24 @@ def check_image(path: Path) -> str | None:
 
     try:
         with Image.open(path) as image:
+            if min(image.size) < min_side:
+                width, height = image.size
+                return f"too small to train on ({width}x{height} px; at least {min_side} a side)"
             if image.format == "JPEG" and not _ends_with_jpeg_eoi(path):
                 image.draft(image.mode, (1, 1))
                 image.load()
             else:
                 image.verify()
+    except Image.DecompressionBombError as err:
+        return f"too large to decode safely ({err})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return f"does not decode ({type(err).__name__}: {err})"
     return None
 
 
-def _check_images(paths: list[Path], progress: bool, desc: str) -> list[str | None]:
+def _check_images(
+    paths: list[Path], progress: bool, desc: str, min_side: int = 1
+) -> list[str | None]:
     from tqdm.auto import tqdm
 
     reasons: list[str | None] = []
@@ -183,7 +195,9 @@ def _check_images(paths: list[Path], progress: bool, desc: str) -> list[str | No
         tqdm(total=len(paths), desc=desc, disable=not progress, leave=False, unit="img") as bar,
     ):
         for start in range(0, len(paths), batch):
-            reasons += pool.map(check_image, paths[start : start + batch])
+            reasons += pool.map(
+                functools.partial(check_image, min_side=min_side), paths[start : start + batch]
+            )
             bar.update(min(batch, len(paths) - start))
     return reasons
 
@@ -194,7 +208,8 @@ def _load_split(
     directory = find_split_dir(root, split)
     ids, paths, bad = list_images(directory)
     if check_images and paths:
-        reasons = _check_images(paths, progress, f"checking {split}")
+        min_side = MIN_TRAINING_SIDE if split == "training" else 1
+        reasons = _check_images(paths, progress, f"checking {split}", min_side)
         keep = [i for i, reason in enumerate(reasons) if reason is None]
         bad += [(paths[i], reason) for i, reason in enumerate(reasons) if reason is not None]
         ids, paths = [ids[i] for i in keep], [paths[i] for i in keep]

@@ -253,6 +253,12 @@ def synthesize(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise InputError(f"{out_dir} already exists; pass --overwrite to replace it")
+    if out_dir.exists() and not (out_dir / "synth.json").is_file():
+        # --overwrite replaces a generated benchmark, never a folder of someone's files.
+        raise InputError(
+            f"{out_dir} is not a benchmark made by data synth (no synth.json); --overwrite "
+            "replaces only those: choose another --out, or remove the folder yourself"
+        )
     workers = default_workers() if workers is None else max(1, int(workers))
     plan = plan_queries(params)
     total = params.references + params.training + params.queries
