@@ -131,16 +131,17 @@ def test_existing_output_is_not_overwritten(tiny, tmp_path):
     with pytest.raises(InputError, match="already exists.*--overwrite"):
         synthesize(tiny, TINY, progress=False)
     assert _files(tiny) == before
-    target = tmp_path / "replace"
-    target.mkdir()
+    small = SynthParams(references=5, training=5, queries=4, size=24)
+    # --overwrite replaces a generated benchmark, never a folder of someone's files.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    with pytest.raises(InputError, match="not a benchmark made by data synth"):
+        synthesize(folder, small, overwrite=True, workers=1, progress=False)
+    assert (folder / "old.txt").read_text() == "old"
+    target = synthesize(tmp_path / "replace", small, workers=1, progress=False)
     (target / "old.txt").write_text("old")
-    synthesize(
-        target,
-        SynthParams(references=5, training=5, queries=4, size=24),
-        overwrite=True,
-        workers=1,
-        progress=False,
-    )
+    synthesize(target, small, overwrite=True, workers=1, progress=False)
     assert not (target / "old.txt").exists() and (target / "ground_truth.csv").is_file()
 
 
