@@ -417,18 +417,7 @@ class Trainer:
         )
 
 
-def train(
-    method: Method,
-    data: TrainData,
-    cfg: TrainConfig,
-    *,
-    seed: int,
-    run_dir: str | Path,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> TrainResult:
-    """Train `method` until the budget is spent, resuming from `run_dir`'s checkpoint if any."""
-    trainer = Trainer(
-        method, data, cfg, seed=seed, run_dir=run_dir, device=device, progress=progress
-    )
-    return trainer.fit()
+def train(method: Method, data: TrainData, cfg: TrainConfig, **options) -> TrainResult:
+    """Train `method` until the budget is spent, resuming from `run_dir`'s checkpoint if any
+    (`options`: Trainer's seed, run_dir, device, progress)."""
+    return Trainer(method, data, cfg, **options).fit()

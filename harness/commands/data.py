@@ -28,6 +28,20 @@ list_files/dev_ground_truth.csv.
 """
 
 
+# The generator's numeric options: (SynthParams field, type, help); defaults come from SynthParams.
+SYNTH_OPTIONS = (
+    ("references", int, "reference images"),
+    ("training", int, "training images"),
+    ("queries", int, "query images"),
+    ("distractor_fraction", float, "fraction of queries with no match (ours; DISC21 dev: 0.8)"),
+    ("size", int, "image side in pixels"),
+    ("seed", int, "seed; fixes every file"),
+    ("edit_strength", float, "how hard copy edits are: 0 mild, 1 default, >1 harder"),
+    ("min_edits", int, "fewest edit families per query"),
+    ("max_edits", int, "most edit families per query"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from harness.data.synth import SynthParams
 
@@ -45,57 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="output folder (default: the cache `run --data synthetic` uses)",
     )
-    synth.add_argument(
-        "--references",
-        type=int,
-        default=defaults.references,
-        help="reference images (default: %(default)s)",
-    )
-    synth.add_argument(
-        "--training",
-        type=int,
-        default=defaults.training,
-        help="training images (default: %(default)s)",
-    )
-    synth.add_argument(
-        "--queries", type=int, default=defaults.queries, help="query images (default: %(default)s)"
-    )
-    synth.add_argument(
-        "--distractor-fraction",
-        type=float,
-        default=defaults.distractor_fraction,
-        help="fraction of queries with no match (default: %(default)s, ours; DISC21 dev: 0.8)",
-    )
-    synth.add_argument(
-        "--size",
-        type=int,
-        default=defaults.size,
-        help="image side in pixels (default: %(default)s)",
-    )
-    synth.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        help="seed; fixes every file (default: %(default)s)",
-    )
-    synth.add_argument(
-        "--edit-strength",
-        type=float,
-        default=defaults.edit_strength,
-        help="how hard copy edits are: 0 mild, 1 default, >1 harder",
-    )
-    synth.add_argument(
-        "--min-edits",
-        type=int,
-        default=defaults.min_edits,
-        help="fewest edit families per query (default: %(default)s)",
-    )
-    synth.add_argument(
-        "--max-edits",
-        type=int,
-        default=defaults.max_edits,
-        help="most edit families per query (default: %(default)s)",
-    )
+    for name, kind, text in SYNTH_OPTIONS:
+        synth.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            default=getattr(defaults, name),
+            help=f"{text} (default: %(default)s)",
+        )
     synth.add_argument(
         "--edit-families",
         default=",".join(defaults.edit_families),
@@ -129,18 +99,8 @@ def synth_params_from_args(args: argparse.Namespace):
     from harness.data.synth import SynthParams
 
     families = tuple(f.strip() for f in args.edit_families.split(",") if f.strip())
-    return SynthParams(
-        references=args.references,
-        training=args.training,
-        queries=args.queries,
-        distractor_fraction=args.distractor_fraction,
-        size=args.size,
-        seed=args.seed,
-        edit_strength=args.edit_strength,
-        min_edits=args.min_edits,
-        max_edits=args.max_edits,
-        edit_families=families,
-    )
+    options = {name: getattr(args, name) for name, _, _ in SYNTH_OPTIONS}
+    return SynthParams(**options, edit_families=families)
 
 
 def main(args: argparse.Namespace) -> int:
