@@ -79,6 +79,7 @@ def run_methods(out_dir: Path, rank: int, world_size: int) -> None:
                 embedding_dim=16,
                 image_size=SIZE,
                 head_batch_norm=False,
+                pooling="avg",
                 num_train_images=N_IMAGES,
                 seed=0,
                 world_size=world_size,
