@@ -88,14 +88,7 @@ class SSCD(Method):
         indices = batch.indices.to(images.device)
         ids = torch.cat([indices, indices])
         if self.config.mixup:
-            generator = self.context.generator("sscd.mixup", step, self.context.rank)
-            images, partner, weight = mix_across_batch(
-                images,
-                generator,
-                probability=self.config.mix_probability,
-                alpha=self.config.mix_alpha,
-                cutmix_share=self.config.cutmix_share,
-            )
+            images, partner, weight = self.mix(images, step)
             sources = mixed_sources(ids, partner, weight)
         else:
             sources = ids[:, None]
@@ -108,6 +101,17 @@ class SSCD(Method):
             "infonce": float(infonce.detach()),
             "entropy": float(entropy.detach()),
         }
+
+    def mix(self, images: torch.Tensor, step: int) -> tuple[torch.Tensor, ...]:
+        """`mix_across_batch` of this rank's [view 0; view 1] at `step`: the draws follow the run
+        seed, the step and the rank (each rank mixes its own images differently)."""
+        return mix_across_batch(
+            images,
+            self.context.generator("sscd.mixup", step, self.context.rank),
+            probability=self.config.mix_probability,
+            alpha=self.config.mix_alpha,
+            cutmix_share=self.config.cutmix_share,
+        )
 
     def loss_terms(
         self, embedding: torch.Tensor, sources: torch.Tensor
