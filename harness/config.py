@@ -63,8 +63,8 @@ class ModelConfig:
     # memory bank from 0.32 to 0.42 µAP and QK from 0.35 to 0.38; see methods/backbone.py).
     head_batch_norm: bool = True
     # Global pooling of the backbone's feature map for every method: timm's average, or GeM (p = 3,
-    # SSCD's and the ISC 2021 winner's: it weights the strongest activations, which survive edits
-    # that dilute the mean). A protocol value because it changes every method's backbone.
+    # SSCD's and the ISC 2021 winner's; it weights the strongest activations more than the mean
+    # does). A protocol value, not an SSCD option, because it changes every method's backbone.
     pooling: Literal["avg", "gem"] = "avg"
 
 

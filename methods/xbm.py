@@ -9,8 +9,9 @@ Option by option, what is the paper's or the winner's and what is ours:
   order one process would have written it.
 - `memory_size` (ours: 4,096, MoCo's queue and the memory bank's sample on the CPU default, so the
   three compare at equal negatives; the winner's 20k then 1k were for 1M images). At 2 x 64
-  embeddings a step the default memory holds the last 32 steps, less than an epoch of the 5k-image
-  mini-DISC, so it seldom holds another copy of a batch image.
+  embeddings a step the default memory holds the last 32 steps, less than the 78-step epoch of the
+  5k-image mini-DISC: it holds an earlier copy of a batch image only across an epoch boundary,
+  when the new epoch's order brings back an image seen at the end of the last one.
 - `warmup_steps` (XBM's warm-up, ours: 50 of the default 500 steps): the memory is filled from
   step 0 but used only from this step on, when the encoder no longer drifts fast (XBM's
   "slow drift" holds after the first steps, not at a random init).
@@ -19,9 +20,10 @@ Option by option, what is the paper's or the winner's and what is ours:
   copy of the image still in the memory). Negatives: every other embedding of the global batch
   and every memory entry of another image.
 - Loss (ours): InfoNCE at `temperature` (SimCLR's default here, so that `xbm` against `simclr` is
-  the memory's effect alone), each positive its own softmax over the row's negatives, averaged
-  per row (SSCD's multi-positive form, methods/losses.py). The winner used a margin contrastive
-  loss (pytorch-metric-learning's, positive margin 0, negative margin 0.7) instead.
+  the memory's effect, and one encoder pass over both views, as the winner's, where SimCLR makes
+  one per view with its own BatchNorm statistics), each positive its own softmax over the row's
+  negatives, averaged per row (SSCD's multi-positive form, methods/losses.py). The winner used a
+  margin contrastive loss (pytorch-metric-learning's, positive margin 0, negative margin 0.7).
 - Not done: the winner's progressive resolution, its GeM at p = 4 for inference, and
   negative-embedding subtraction at inference.
 """
