@@ -37,7 +37,7 @@ LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 HATCHES = ("", "///", "...", "xxx", "\\\\\\", "---", "+++", "ooo")
 # Colour-blind-safe palette; grayscale readability comes from markers/hatches, not from hue.
 PALETTE = "colorblind"
-KNOWN_METHODS = ("qk", "simclr", "moco", "membank", "none")
+KNOWN_METHODS = ("qk", "simclr", "moco", "membank", "none", "sscd", "xbm")
 
 
 def _style() -> None:

@@ -119,6 +119,7 @@ def build_method(cfg: RunConfig, n_training: int, device: torch.device):
         embedding_dim=cfg.model.embedding_dim,
         image_size=cfg.model.image_size,
         head_batch_norm=cfg.model.head_batch_norm,
+        pooling=cfg.model.pooling,
         num_train_images=n_training,
         seed=cfg.seed,
         device=device,

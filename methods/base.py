@@ -47,6 +47,7 @@ class MethodContext:
     embedding_dim: int  # descriptor dimension (<= 256 for the ISC descriptor track)
     image_size: int
     head_batch_norm: bool  # BatchNorm in the projection head (methods/backbone.py)
+    pooling: str  # the backbone's global pooling, "avg" or "gem" (methods/backbone.py)
     num_train_images: int  # size of the training set (membank slots, QK negatives)
     seed: int  # the run seed: every random choice a method makes derives from it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

@@ -1,5 +1,9 @@
 """Contrastive losses as pure functions over tensors.
 
+`multi_positive_info_nce` and `nearest_neighbour_entropy` are SSCD's in-batch InfoNCE (several
+positives per row: mixed images, memory copies) and its KoLeo regularizer (methods/sscd.py,
+methods/xbm.py); the rest of this module is the bank loss.
+
 `bank_info_nce` is the hot path of QK iteration (and serves MoCo and the memory bank): the InfoNCE
 cross-entropy of B queries over N bank entries, N up to ~1M. A naive `q @ bank.T` materialises a
 B x N logits matrix (512 MB at B = 128, N = 1M) and its softmax gradient; here the bank is walked in
@@ -292,3 +296,33 @@ def naive_info_nce(
 ) -> torch.Tensor:
     """The textbook form (full logits matrix + cross-entropy): the reference the benchmark beats."""
     return F.cross_entropy(query @ keys.T / temperature, positive_index)
+
+
+def multi_positive_info_nce(
+    logits: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor
+) -> torch.Tensor:
+    """SSCD's InfoNCE over a similarity matrix whose rows may have several positives.
+
+    logits (R, C) are similarities over the temperature; `positives` and `negatives` (R, C) are
+    disjoint boolean masks (a row's own column is in neither). Each positive p of row i is its own
+    softmax over itself and the row's negatives, -log(e^l_ip / (e^l_ip + sum_n e^l_in)); a row's
+    terms are averaged over its positives, and the rows are averaged, a row without a positive
+    counting 0 (so the mean stays over all R rows, as the DDP equivalence needs). With one
+    positive per row this is NT-Xent."""
+    # A finite fill instead of -inf: a row without negatives then has a finite log-sum-exp whose
+    # backward is not NaN; exp(fill - anything) is exactly 0 in every sum.
+    fill = torch.finfo(logits.dtype).min
+    negative_lse = torch.where(negatives, logits, fill).logsumexp(dim=1, keepdim=True)
+    terms = torch.where(positives, torch.logaddexp(logits, negative_lse) - logits, 0.0)
+    return (terms.sum(dim=1) / positives.sum(dim=1).clamp(min=1)).mean()
+
+
+def nearest_neighbour_entropy(similarity: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """SSCD's differential-entropy (KoLeo) regularizer: -mean_i log(min_j ||z_i - z_j||) over the
+    `candidates` (R, C) of each row (SSCD: the row's non-matching embeddings), from the cosine
+    `similarity` (R, C) of unit embeddings: ||z_i - z_j|| = sqrt(2 - 2 s_ij). As in SSCD the
+    squared distance is clamped at 1e-6 (no gradient below it); a row without candidates counts
+    the largest distance on the sphere, 2."""
+    nearest = torch.where(candidates, similarity, -1.0).amax(dim=1)
+    distance = (2 - 2 * nearest).clamp(min=1e-6).sqrt()
+    return -distance.log().mean()

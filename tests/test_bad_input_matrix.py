@@ -396,7 +396,10 @@ def _unknown_key_in_file(ws: Workspace):
 def _unknown_method(ws: Workspace):
     argv = ws.run_args()
     argv[argv.index("simclr")] = "byol"
-    return argv, "error: unknown method 'byol'; registered methods: membank, moco, none, qk, simclr"
+    return (
+        argv,
+        "error: unknown method 'byol'; registered methods: membank, moco, none, qk, simclr, sscd, xbm",
+    )
 
 
 def _wrong_type(ws: Workspace):

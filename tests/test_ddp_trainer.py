@@ -19,9 +19,9 @@ from harness.config import TrainConfig
 from harness.train import TrainData, train
 
 N_IMAGES, SIZE, GLOBAL_BATCH, STEPS = 16, 32, 8, 2
-# Negatives from the other rank matter for both: SimCLR gathers embeddings with gradients,
-# MoCo gathers keys into its queue.
-METHODS = ("simclr", "moco")
+# Negatives from the other rank matter for all: SimCLR and SSCD gather embeddings with gradients,
+# MoCo gathers keys into its queue, XBM both.
+METHODS = ("simclr", "moco", "sscd", "xbm")
 TRAIN = TrainConfig(
     batch_size=GLOBAL_BATCH,
     optimizer="sgd",
@@ -79,6 +79,7 @@ def run_methods(out_dir: Path, rank: int, world_size: int) -> None:
                 embedding_dim=16,
                 image_size=SIZE,
                 head_batch_norm=False,
+                pooling="avg",
                 num_train_images=N_IMAGES,
                 seed=0,
                 world_size=world_size,
@@ -87,6 +88,9 @@ def run_methods(out_dir: Path, rank: int, world_size: int) -> None:
             config = get_method(name).config_cls()
             if name == "moco":
                 config.queue_size = 8
+            if name == "xbm":  # step 1 scores against the memory step 0 wrote
+                config.memory_size = 8
+                config.warmup_steps = 1
             torch.manual_seed(0)
             method = create_method(name, config, context)
             data = TrainData(NoisyImages("stream"), NoisyImages("clean"), NoisyImages("clean"))

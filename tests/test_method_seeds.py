@@ -11,6 +11,12 @@ from harness.config import resolve_config
 from harness.pipeline import build_method
 
 N_TRAINING = 40
+
+
+def images(n: int) -> torch.Tensor:
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
 TINY_MODEL = ["model.backbone=test_resnet", "model.image_size=32", "model.embedding_dim=16"]
 
 
@@ -28,6 +34,10 @@ DRAWS = {
     "qk": (["qk.num_negatives=10"], lambda m: [m._negative_rows(0), m._negative_rows(3)]),
     "moco": (["moco.queue_size=32"], lambda m: [m.queue.keys]),
     "none": ([], lambda m: [m.projection]),
+    "sscd": (
+        ["sscd.mixup=true", "sscd.mix_probability=0.5"],
+        lambda m: [m.mix(images(8), 0)[0], m.mix(images(8), 7)[0]],
+    ),
 }
 
 
@@ -45,10 +55,12 @@ def test_each_step_and_phase_draws_its_own_sample():
     assert not torch.equal(membank.negative_sample(0), membank.negative_sample(1))
     qk = _build("qk", 0, *DRAWS["qk"][0])
     assert not torch.equal(qk._negative_rows(0), qk._negative_rows(1))
+    sscd = _build("sscd", 0, *DRAWS["sscd"][0])
+    assert not torch.equal(sscd.mix(images(8), 0)[2], sscd.mix(images(8), 1)[2])
 
 
 def test_no_method_keeps_a_seed_of_its_own():
     # A method-level seed that ignored --seed is what made the reported spread too small.
-    for method in ("qk", "membank", "none", "moco", "simclr"):
+    for method in ("qk", "membank", "none", "moco", "simclr", "sscd", "xbm"):
         section = resolve_config(method).method_config
         assert not [k for k in vars(section) if "seed" in k], method

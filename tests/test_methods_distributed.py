@@ -21,12 +21,18 @@ from methods.membank import MemoryBankConfig
 from methods.moco import MoCoConfig
 from methods.qk import QKConfig
 from methods.simclr import SimCLRConfig
+from methods.sscd import SSCDConfig
+from methods.xbm import XBMConfig
 
 CASES = {
     "simclr": SimCLRConfig(temperature=0.2),
     "moco": MoCoConfig(queue_size=12, momentum=0.9),
     "membank": MemoryBankConfig(num_negatives=7),
     "qk": QKConfig(phase_steps=1),
+    # Mixup off: each rank mixes its own images, so mixed pairs depend on the world size.
+    "sscd": SSCDConfig(entropy_weight=1.0),
+    # Step 1 uses the memory written at step 0 (16 embeddings in 12 slots: it wraps around).
+    "xbm": XBMConfig(memory_size=12, warmup_steps=1),
 }
 STEPS = 2
 BATCH = 8
@@ -58,7 +64,9 @@ def _run(name, world_size: int, rank: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         method.on_step_end(trainer.ctx, step)
     out["state"] = {
-        k: v.clone() for k, v in method.state_dict().items() if "queue" in k or "bank" in k
+        k: v.clone()
+        for k, v in method.state_dict().items()
+        if "queue" in k or "bank" in k or "memory" in k
     }
     if name == "qk":
         out["state"]["cache"] = method.cache.clone()

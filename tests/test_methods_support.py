@@ -24,13 +24,14 @@ BATCH = 8
 
 
 def context(
-    num_train=24, backbone="test_resnet", dim=16, world_size=1, rank=0, seed=0
+    num_train=24, backbone="test_resnet", dim=16, world_size=1, rank=0, seed=0, pooling="avg"
 ) -> MethodContext:
     return MethodContext(
         backbone=backbone,
         embedding_dim=dim,
         image_size=SIZE,
         head_batch_norm=False,
+        pooling=pooling,
         num_train_images=num_train,
         seed=seed,
         world_size=world_size,

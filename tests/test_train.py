@@ -105,6 +105,7 @@ def make_method(**config) -> ToyMethod:
         embedding_dim=16,
         image_size=32,
         head_batch_norm=False,
+        pooling="avg",
         num_train_images=N_IMAGES,
         seed=0,
     )

@@ -15,12 +15,15 @@ TINY = tiny_run_overrides(
     "train.budget_value=5", "train.warmup_steps=2", "train.checkpoint_every=2"
 )
 # Small banks/queues and short phases, so that the interrupted window crosses a phase switch and
-# queue wrap-around; membank samples its negatives at random (the RNG state must be restored).
+# queue wrap-around; membank samples its negatives at random (the RNG state must be restored), and
+# so does SSCD's mixup; XBM's memory wraps around and is in use from step 1.
 METHODS = {
     "qk": ["qk.phase_steps=2"],
     "moco": ["moco.queue_size=12"],
     "membank": ["membank.num_negatives=16"],
     "simclr": [],
+    "sscd": ["sscd.mixup=true", "sscd.mix_probability=0.5"],
+    "xbm": ["xbm.memory_size=12", "xbm.warmup_steps=1"],
 }
 
 

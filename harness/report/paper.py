@@ -28,7 +28,7 @@ from harness.sweep_spec import load_sweep_spec
 # in-batch negatives only). Quoted next to ours for orientation: a different benchmark and budget.
 SEED_REPORTED = {"qk": 0.3403, "simclr": 0.2001}
 PAPER_METHOD = "qk"
-PAPER_BASELINES = ("simclr", "moco", "membank", "none")
+PAPER_BASELINES = ("simclr", "moco", "membank", "sscd", "xbm", "none")
 
 
 def method_name(method: str) -> str:
