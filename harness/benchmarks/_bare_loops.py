@@ -224,9 +224,82 @@ class BareQK(BareLoop):
         self.frozen_head.train()
 
 
+class BareSSCD(BareLoop):
+    reference = "bare loop, lightly NTXentLoss + KoLeo"
+
+    def setup(self, n_train: int) -> None:
+        from lightly.loss import NTXentLoss
+
+        self.loss_fn = NTXentLoss(temperature=self.cfg.method_config.temperature)
+
+    def loss(self, views, index, step: int):
+        import torch
+
+        # One pass over both views, as the method's (BatchNorm sees the 2B images together).
+        embedding = torch.nn.functional.normalize(self.model(torch.cat(views)), dim=1)
+        first, second = embedding.chunk(2)
+        # KoLeo: each embedding's distance to the nearest embedding of another image.
+        ids = torch.cat([index, index])
+        distance = torch.cdist(embedding.float(), embedding.float())
+        other_images = ids[:, None] != ids[None, :]
+        nearest = torch.where(other_images, distance, float("inf")).amin(dim=1)
+        entropy = -nearest.square().clamp(min=1e-6).sqrt().log().mean()
+        return self.loss_fn(first, second) + self.cfg.method_config.entropy_weight * entropy
+
+
+class BareXBM(BareLoop):
+    reference = "bare loop, cross-entropy per positive over batch + memory"
+
+    @staticmethod
+    def size_overrides(n_train: int) -> list[str]:
+        # From the first step on, so the few measured steps pay for the memory.
+        return ["xbm.warmup_steps=0"]
+
+    def setup(self, n_train: int) -> None:
+        import torch
+
+        self.memory = torch.zeros(0, self.cfg.model.embedding_dim, device=self.device)
+        self.memory_ids = torch.zeros(0, dtype=torch.long, device=self.device)
+
+    def loss(self, views, index, step: int):
+        import torch
+        import torch.nn.functional as F
+
+        mc = self.cfg.method_config
+        embedding = F.normalize(self.model(torch.cat(views)), dim=1)
+        ids = torch.cat([index, index])
+        keys, key_ids = embedding, ids
+        if step >= mc.warmup_steps:
+            keys = torch.cat([embedding, self.memory])
+            key_ids = torch.cat([ids, self.memory_ids])
+        logits = embedding @ keys.T / mc.temperature
+        same = ids[:, None] == key_ids[None, :]
+        positives = same.clone()
+        positives[:, : len(ids)].fill_diagonal_(False)  # an embedding is not its own positive
+        # Each (row, positive) pair a cross-entropy over the positive and the row's negatives,
+        # weighted so that each row's positives average to one term.
+        row, column = positives.nonzero(as_tuple=True)
+        negatives = torch.where(same[row], float("-inf"), logits[row])
+        pair_logits = torch.cat([logits[row, column, None], negatives], dim=1)
+        pair_loss = F.cross_entropy(pair_logits, torch.zeros_like(row), reduction="none")
+        loss = (pair_loss / positives.sum(dim=1)[row]).sum() / len(ids)
+        with torch.no_grad():  # the FIFO: the newest memory_size embeddings
+            self.memory = torch.cat([embedding.detach(), self.memory])[: mc.memory_size]
+            self.memory_ids = torch.cat([ids, self.memory_ids])[: mc.memory_size]
+        return loss
+
+    def load_from(self, method) -> None:
+        super().load_from(method)
+        written = method.memory.ids != -1
+        self.memory = method.memory.embeddings[written].clone()
+        self.memory_ids = method.memory.ids[written].clone()
+
+
 BARE_LOOPS: dict[str, type[BareLoop]] = {
     "simclr": BareSimCLR,
     "moco": BareMoCo,
     "membank": BareMemoryBank,
     "qk": BareQK,
+    "sscd": BareSSCD,
+    "xbm": BareXBM,
 }
