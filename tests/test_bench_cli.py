@@ -50,15 +50,7 @@ def test_unknown_benchmark_is_a_clear_error(capsys):
 
 def test_bench_reference_agrees_with_the_vectorized_metrics():
     gt, predictions = metrics_bench.synthetic_case(5_000, seed=3)
-    rows = list(
-        zip(
-            predictions.query.tolist(),
-            predictions.reference.tolist(),
-            predictions.score.tolist(),
-            strict=True,
-        )
-    )
-    pairs = list(zip(gt.query.tolist(), gt.reference.tolist(), strict=True))
+    pairs, rows = metrics_bench.as_plain_lists(gt, predictions)
     expected = metrics_bench.reference_metrics(pairs, rows)
     got = evaluate(gt, predictions).to_dict()
     assert expected["recall_at_p90"] is not None  # the case exercises every metric

@@ -25,6 +25,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.benchmarks.metrics import as_plain_lists
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.isc import read_ground_truth, read_predictions
@@ -321,15 +322,7 @@ def test_arbitrary_bytes_give_one_error_line_or_the_plain_scores_of_what_was_rea
     if gt is None or predictions is None:
         check_one_line_error(code, out, err)
         return
-    rows = list(
-        zip(
-            predictions.query.tolist(),
-            predictions.reference.tolist(),
-            predictions.score.tolist(),
-            strict=True,
-        )
-    )
-    pairs = list(zip(gt.query.tolist(), gt.reference.tolist(), strict=True))
+    pairs, rows = as_plain_lists(gt, predictions)
     if ids_never_meet(
         gt.queries.tolist(), pairs, predictions.query.tolist(), predictions.reference.tolist()
     ):

@@ -15,6 +15,21 @@ FULL_SIZES = (250_000, 2_500_000)
 QUICK_SIZES = (25_000, 250_000)
 
 
+def as_plain_lists(gt, predictions) -> tuple[list[tuple], list[tuple]]:
+    """The ground-truth pairs and (query, reference, score) rows as plain Python lists, the input
+    of `reference_metrics`."""
+    pairs = list(zip(gt.query.tolist(), gt.reference.tolist(), strict=True))
+    rows = list(
+        zip(
+            predictions.query.tolist(),
+            predictions.reference.tolist(),
+            predictions.score.tolist(),
+            strict=True,
+        )
+    )
+    return pairs, rows
+
+
 def reference_metrics(
     gt_pairs: list[tuple[str, str]], rows: list[tuple[str, str, float]]
 ) -> dict[str, float | None]:
@@ -110,15 +125,7 @@ def run(quick: bool) -> list[dict]:
     sizes = QUICK_SIZES if quick else FULL_SIZES
     for n in tqdm(sizes, desc="bench metrics", leave=False):
         gt, predictions = synthetic_case(n)
-        gt_pairs = list(zip(gt.query.tolist(), gt.reference.tolist(), strict=True))
-        plain_rows = list(
-            zip(
-                predictions.query.tolist(),
-                predictions.reference.tolist(),
-                predictions.score.tolist(),
-                strict=True,
-            )
-        )
+        gt_pairs, plain_rows = as_plain_lists(gt, predictions)
         fast, fast_seconds = timed(
             lambda gt=gt, predictions=predictions: evaluate(gt, predictions).to_dict(), repeat=3
         )
