@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from harness.atomic import (
     atomic_path,
@@ -30,10 +28,13 @@ from harness.atomic import (
     remove_stale_temporaries,
 )
 from harness.config import RunConfig, config_to_dict
-from harness.device import amp_dtype, autocast, dist_info, loader_workers
-from harness.errors import ConfigError, HarnessError
+from harness.describe import extract_descriptors
+from harness.device import dist_info
+from harness.errors import ConfigError
+from harness.monitor import Monitors, preserved_state
 from harness.record import build_record, device_description, peak_memory_mb
 from harness.run_dir import (
+    CURVE_FILENAME,
     DESCRIPTORS_FILE,
     LOCK_FILE,
     LOG_FILENAME,
@@ -46,6 +47,7 @@ from harness.run_dir import (
 )
 from harness.seeding import seed_everything
 from harness.train import TrainData, TrainResult, train
+from harness.validation import NORMALIZED_NOTE, Validator, validation_split
 
 
 class Stopwatch:
@@ -130,49 +132,6 @@ def build_method(cfg: RunConfig, n_training: int, device: torch.device):
     return create_method(cfg.method, cfg.method_config, context)
 
 
-def extract_descriptors(
-    method,
-    image_set,
-    role: str,
-    cfg: RunConfig,
-    device: torch.device,
-    *,
-    split: str,
-    progress: bool = True,
-):
-    """Descriptors of every image of `image_set`, described in `role`, as harness.isc.Descriptors."""
-    from harness.augment import EvalTransform, normalize_batch
-    from harness.data import ImageDataset
-    from harness.isc import Descriptors
-
-    cuda = device.type == "cuda"
-    loader = DataLoader(
-        # uint8 out of the workers, normalized per batch on the device (harness/augment.py)
-        ImageDataset(image_set, EvalTransform(cfg.model.image_size, normalize=False)),
-        batch_size=cfg.eval.batch_size,
-        num_workers=loader_workers(cfg.data.workers, "data.workers"),
-        pin_memory=cuda,
-    )
-    fmt = torch.channels_last if cuda and cfg.train.channels_last else torch.contiguous_format
-    method.eval()
-    features, ids = [], []
-    with torch.no_grad(), autocast(amp_dtype(device, cfg.train.amp)):
-        for images, _, batch_ids in tqdm(
-            loader, desc=f"describe {split}", unit="batch", disable=not progress
-        ):
-            images = normalize_batch(images.to(device, non_blocking=cuda))
-            images = images.contiguous(memory_format=fmt)
-            features.append(method.describe(images, role).float().cpu())
-            ids.extend(batch_ids)
-    matrix = torch.cat(features).numpy() if features else np.zeros((0, cfg.model.embedding_dim))
-    if not np.isfinite(matrix).all():
-        raise HarnessError(
-            f"method {cfg.method!r} produced NaN/inf descriptors for the {split} images; "
-            "the model diverged (check train_log.jsonl)"
-        )
-    return Descriptors(np.asarray(ids, dtype=str), matrix.astype(np.float32))
-
-
 # The benchmark's splits, extracted in this order: (name in the descriptors file, the Benchmark
 # attribute holding the images, the role the method describes them in). Training images are
 # described as references: score normalization compares queries against them.
@@ -200,8 +159,25 @@ def _score_normalization(cfg: RunConfig, n_training: int):
     )
 
 
+def _monitors(cfg: RunConfig, benchmark, device) -> Monitors:
+    """What the trainer measures as it goes (harness/monitor.py), from the eval/train config."""
+    validate = None
+    if cfg.eval.every is not None:
+        split = validation_split(benchmark, cfg.eval.val_queries, cfg.eval.val_references, cfg.seed)
+        validate = Validator(split, cfg, device)
+    return Monitors(
+        validate=validate,
+        validate_every=cfg.eval.every,
+        consistency_every=cfg.eval.consistency_every,
+        consistency_batches=cfg.eval.consistency_batches,
+        tensorboard=cfg.train.tensorboard,
+    )
+
+
 def _train(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, progress: bool):
-    """Train (or resume) the method; a method that does not train gets an empty log."""
+    """Train (or resume) the method; a method that does not train gets an empty log and, with
+    validation on, its one point."""
+    monitors = _monitors(cfg, data.benchmark, device)
     if method.trains():
         return train(
             method,
@@ -211,10 +187,18 @@ def _train(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, prog
             run_dir=run_dir,
             device=device,
             progress=progress,
+            monitors=monitors,
         )
     method.to(device)
     atomic_write_text(run_dir / LOG_FILENAME, "")
-    return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0)
+    curve = []
+    if monitors.validate is not None:
+        with preserved_state(method):
+            curve = [
+                {"step": 0, "images_seen": 0, "train_seconds": 0.0, **monitors.validate(method)}
+            ]
+    atomic_write_text(run_dir / CURVE_FILENAME, "".join(json.dumps(p) + "\n" for p in curve))
+    return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0, curve=curve)
 
 
 def _extract(method, benchmark, cfg: RunConfig, run_dir: Path, device, progress: bool):
@@ -272,6 +256,7 @@ def _score(descriptors, gt, cfg: RunConfig, score_norm, run_dir: Path, clock, pr
         "descriptors": DESCRIPTORS_FILE,
         "pr_curve": PR_CURVE_FILE,
         "log": LOG_FILENAME,
+        "curve": CURVE_FILENAME,
     }
     curves = {}
     with clock("metrics"):
@@ -291,6 +276,26 @@ def _write_pr_curve(path: Path, curves: dict[str, np.ndarray]) -> None:
             np.savez(handle, **curves)
 
 
+def _curve_block(cfg: RunConfig, curve: list[dict]) -> dict[str, Any]:
+    """The record's learning curve and last stale-negatives figures (none when neither ran)."""
+    if not curve:
+        return {}
+    block: dict[str, Any] = {"curve": curve}
+    if cfg.eval.every is not None:
+        block["curve_note"] = NORMALIZED_NOTE
+        block["validation"] = {
+            "queries": cfg.eval.val_queries,
+            "references": cfg.eval.val_references,
+            "every": cfg.eval.every,
+        }
+    negatives = [p for p in curve if any(k.startswith("negatives/") for k in p)]
+    if negatives:
+        last = negatives[-1]
+        block["stale_negatives"] = {
+            "step": last["step"],
+            **{k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("negatives/")},
+        }
+    return block
 
 
 @contextmanager
@@ -374,7 +379,7 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
         metrics_raw=scores.metrics["raw"],
         metrics_normalized=scores.metrics.get("normalized"),
         files=scores.files,
-        extra={"final_loss": result.final_loss},
+        extra={"final_loss": result.final_loss, **_curve_block(cfg, result.curve)},
         # A resumed run's wall-clock adds the earlier processes' (up to their last checkpoint).
         earlier_timings=None
         if result.earlier_wall_seconds is None

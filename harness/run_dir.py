@@ -4,6 +4,8 @@
   config.yaml                 the resolved config, written first: it makes the directory a run
   record.json                 written once, atomically, as the run's last act: the run is finished
   train_log.jsonl             one JSON line per logged training step
+  curve.jsonl                 validation and stale-negatives points (eval.every, consistency_every)
+  tensorboard/                TensorBoard event files (train.tensorboard)
   checkpoints/last.pt         the trainer's state, to resume from
   descriptors.h5              query/reference/training descriptors
   predictions.csv             query_id,reference_id,score (raw descriptors)
@@ -33,6 +35,7 @@ from harness.typed_yaml import load_yaml
 CONFIG_FILENAME = "config.yaml"
 RECORD_FILENAME = "record.json"
 LOG_FILENAME = "train_log.jsonl"
+CURVE_FILENAME = "curve.jsonl"  # validation and stale-negatives points (harness/monitor.py)
 CHECKPOINT_PATH = Path("checkpoints") / "last.pt"
 DESCRIPTORS_FILE = "descriptors.h5"
 PREDICTIONS_FILE = "predictions.csv"

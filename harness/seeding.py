@@ -52,6 +52,7 @@ def method_generator(run_seed: int, name: str, *counters: int) -> torch.Generato
 
 # Stream tags keep the seeds of different uses apart.
 STREAM_BATCH, STREAM_ORDER, STREAM_ENCODE, STREAM_LOADER = 11, 12, 13, 14
+STREAM_VALIDATION, STREAM_PROBE = 15, 16  # the validation subset; the stale-negatives probe
 
 
 @contextlib.contextmanager

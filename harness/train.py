@@ -49,8 +49,9 @@ from harness.device import (
 )
 from harness.encode import encode_dataset
 from harness.errors import ConfigError, HarnessError
+from harness.monitor import Monitors, negative_probe, preserved_state, tensorboard_writer
 from harness.optimization import build_optimizer, build_scheduler, total_steps_for
-from harness.run_dir import CHECKPOINT_PATH, LOG_FILENAME
+from harness.run_dir import CHECKPOINT_PATH, CURVE_FILENAME, LOG_FILENAME
 from harness.seeding import STREAM_LOADER, SeededItems, StepBatchSampler, derive_seeds
 from methods.base import Method, TrainBatch, TrainContext
 
@@ -79,6 +80,8 @@ class TrainResult:
     resumed_from: int | None = None
     final_loss: float | None = None
     log: list[dict] = field(default_factory=list)
+    # Validation and stale-negatives points (harness/monitor.py), in step order.
+    curve: list[dict] = field(default_factory=list)
     # Wall-clock the processes before this one spent, up to the checkpoint it resumed from (None:
     # not resumed, or a checkpoint that did not carry it); the record adds it to its timings.
     earlier_wall_seconds: float | None = None
@@ -94,6 +97,10 @@ def _write_log(path: Path, lines: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
+def _scalar(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class Trainer:
     """Trains one method under a TrainConfig; state lives in `run_dir` (checkpoint and log)."""
 
@@ -107,6 +114,7 @@ class Trainer:
         run_dir: str | Path,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        monitors: Monitors | None = None,
     ):
         self.method = method
         self.data = data
@@ -122,6 +130,10 @@ class Trainer:
         self.total_steps = total_steps_for(cfg)
         self.checkpoint_path = self.run_dir / CHECKPOINT_PATH
         self.log_path = self.run_dir / LOG_FILENAME
+        self.curve_path = self.run_dir / CURVE_FILENAME
+        self.monitors = monitors or Monitors()
+        self.curve: list[dict] = []
+        self.writer = None  # TensorBoard, rank 0 only (opened in fit)
         self.context = TrainContext(
             encode_training_set=self.encode_training_set,
             total_steps=self.total_steps if self.total_steps is not None else 0,
@@ -173,24 +185,61 @@ class Trainer:
         self._place_method()
         self._build_optimization()
         resumed_from = self._resume()
+        self._open_tensorboard(resumed_from)
         loader = self._stream()
         bar = self._progress_bar()
         last_loss = None
         since_checkpoint = 0
         try:
+            if resumed_from is None:
+                self._measure(last=not self._budget_left())  # the curve's point before training
             # Iterating starts the loader's workers: not for a run whose budget is already spent.
             batches = iter(loader) if self._budget_left() else None
             while self._budget_left():
                 last_loss = self._step(batches, bar)
                 since_checkpoint += 1
+                self._measure(last=not self._budget_left())
                 if since_checkpoint >= self.cfg.checkpoint_every and self._budget_left():
                     self.save_checkpoint()
                     since_checkpoint = 0
         finally:
             bar.close()
+            if self.writer is not None:
+                self.writer.close()
         if since_checkpoint or not self.checkpoint_path.is_file():
             self.save_checkpoint()
         return self._result(resumed_from, last_loss)
+
+    def _open_tensorboard(self, resumed_from: int | None) -> None:
+        if self.monitors.tensorboard and self.rank == 0:
+            self.writer = tensorboard_writer(self.run_dir, purge_step=resumed_from)
+
+    def _measure(self, *, last: bool) -> None:
+        """A curve point after `self.step` steps when validation or the stale-negatives measure
+        is due (rank 0; harness/monitor.py). The training state is untouched."""
+        validate, consistency = self.monitors.due(self.step, last=last)
+        if self.rank != 0 or not (validate or consistency):
+            return
+        if self.curve and self.curve[-1]["step"] == self.step:
+            return  # already measured here (a resumed run whose budget was spent)
+        point = {
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "train_seconds": round(self.train_seconds, 3),
+        }
+        measured: dict = {}
+        with preserved_state(self.method):
+            if validate:
+                measured.update(self.monitors.validate(self.method))
+            if consistency:
+                probe = negative_probe(self, self.step, self.monitors.consistency_batches)
+                figures = self.method.stale_negatives(probe) or {}
+                measured.update({f"negatives/{k}": v for k, v in figures.items()})
+        if not measured:  # a method without stored negatives, and no validation due
+            return
+        point.update(measured)
+        self.curve.append(point)
+        self._tensorboard(point, skip=("step", "images_seen", "train_seconds"))
 
     def _place_method(self) -> None:
         """The method on the device, in the memory format of the batches; the batch size checked."""
@@ -278,16 +327,24 @@ class Trainer:
     def _log_step(
         self, step: int, loss_value: float, lr: float, logs: dict[str, float], elapsed: float
     ) -> None:
-        self.log.append(
-            {
-                # Method logs first: the trainer's loss (mean over ranks) wins.
-                **{k: float(v) for k, v in logs.items()},
-                "step": step,
-                "loss": loss_value,
-                "lr": lr,
-                "images_per_s": self.cfg.batch_size / max(elapsed, 1e-9),
-            }
-        )
+        line = {
+            # Method logs first: the trainer's loss (mean over ranks) wins.
+            **{k: float(v) for k, v in logs.items()},
+            "step": step,
+            "loss": loss_value,
+            "lr": lr,
+            "images_per_s": self.cfg.batch_size / max(elapsed, 1e-9),
+        }
+        self.log.append(line)
+        self._tensorboard({f"train/{k}": v for k, v in line.items() if k != "step"}, step=step)
+
+    def _tensorboard(self, scalars: dict, *, step: int | None = None, skip=()) -> None:
+        if self.writer is None:
+            return
+        step = self.step if step is None else step
+        for key, value in scalars.items():
+            if key not in skip and _scalar(value):
+                self.writer.add_scalar(key if "/" in key else f"val/{key}", value, step)
 
     def _forward_backward(
         self, batch: TrainBatch, step: int
@@ -336,6 +393,7 @@ class Trainer:
             resumed_from=resumed_from,
             final_loss=last_loss,
             log=list(self.log),
+            curve=list(self.curve),
             earlier_wall_seconds=self.earlier_wall_seconds,
         )
 
@@ -359,6 +417,7 @@ class Trainer:
             # The log first: a kill between the two leaves a log that the resume truncates to
             # the older checkpoint, never a checkpoint whose log lines are missing.
             _write_log(self.log_path, self.log)
+            _write_log(self.curve_path, self.curve)
             write_checkpoint(
                 self.checkpoint_path,
                 step=self.step,
@@ -396,6 +455,8 @@ class Trainer:
             self.earlier_wall_seconds = float(state["wall_seconds"])
         # The log always ends where its checkpoint does: later lines belong to lost steps.
         self.log = [line for line in read_log(self.log_path) if line["step"] < self.step]
+        # A point at the checkpoint's step was measured before the checkpoint was written.
+        self.curve = [p for p in read_log(self.curve_path) if p["step"] <= self.step]
         return state
 
     def _check_finite_weights(self) -> None:
@@ -419,5 +480,5 @@ class Trainer:
 
 def train(method: Method, data: TrainData, cfg: TrainConfig, **options) -> TrainResult:
     """Train `method` until the budget is spent, resuming from `run_dir`'s checkpoint if any
-    (`options`: Trainer's seed, run_dir, device, progress)."""
+    (`options`: Trainer's seed, run_dir, device, progress, monitors)."""
     return Trainer(method, data, cfg, **options).fit()

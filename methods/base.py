@@ -13,6 +13,7 @@ Call order, per run:
         loss, logs = method.training_step(batch, step)
         loss.backward(); optimizer.step(); optimizer.zero_grad(set_to_none=True)
         method.on_step_end(ctx, step)         # phase switches, schedules: after the optimizer step
+        method.stale_negatives(probe)         # now and then (eval.consistency_every): a measure only
     descriptors = method.describe(images, role)   # under torch.no_grad(), in eval mode
 """
 
@@ -83,6 +84,21 @@ class TrainContext:
     progress: bool = True
 
 
+@dataclass
+class NegativeProbe:
+    """What the trainer offers the stale-negatives measure (`Method.stale_negatives`)."""
+
+    step: int  # optimizer steps done: an entry written during step s is `step - s` steps old
+    # The global training batch of an earlier step, regenerated exactly (same images, same views).
+    batch_at: Callable[[int], TrainBatch]
+    # training_images(indices, view="clean"|"augmented", seed_key=0): the images the trainer's
+    # encode_training_set fed the method for those indices (on the device).
+    training_images: Callable[..., torch.Tensor]
+    generator: torch.Generator  # for the method's sample; derived from (run seed, step)
+    batches: int  # how many earlier batches (or batch-sized samples) to recompute
+    batch_size: int  # the global training batch
+
+
 class Method(nn.Module):
     """Thin base class; see the module docstring for the contract."""
 
@@ -116,6 +132,13 @@ class Method(nn.Module):
         `batch_size` is the global batch size, for methods whose negatives come from the batch;
         without it they use the last batch they saw."""
         raise NotImplementedError
+
+    def stale_negatives(self, probe: NegativeProbe) -> dict[str, float] | None:
+        """For methods that score against stored negatives (a queue, a bank, a cache): how far the
+        stored entries are from what the key side would compute for the same inputs now, as
+        {"consistency": mean cosine, "negative_age": mean age in steps, ...}; see
+        methods/staleness.py. None: every negative is computed in the step that uses it."""
+        return None
 
     def trains(self) -> bool:
         """False for methods that need no optimization (the `none` baseline)."""

@@ -23,10 +23,18 @@ from torch import nn
 
 from harness.errors import ConfigError
 from methods.backbone import Encoder
-from methods.base import Method, MethodConfig, MethodContext, TrainBatch, TrainContext
+from methods.base import (
+    Method,
+    MethodConfig,
+    MethodContext,
+    NegativeProbe,
+    TrainBatch,
+    TrainContext,
+)
 from methods.distributed import broadcast_, gather_no_grad
 from methods.losses import bank_info_nce
 from methods.registry import register_method
+from methods.staleness import NO_ROW, NOT_WRITTEN, compare_with_recomputed
 
 
 @dataclass
@@ -39,18 +47,26 @@ class MemoryBankConfig(MethodConfig):
 
 
 class InstanceBank(nn.Module):
-    """One L2-normalized slot per training image (a persistent buffer, so checkpoints hold it)."""
+    """One L2-normalized slot per training image, with the step that last wrote each slot and its
+    row in that step's batch (for the stale-negatives measure); persistent buffers, so
+    checkpoints hold them."""
 
     def __init__(self, size: int, dim: int, generator: torch.Generator):
         super().__init__()
         self.register_buffer(
             "slots", F.normalize(torch.randn(size, dim, generator=generator), dim=1)
         )
+        self.register_buffer("written_step", torch.full((size,), NOT_WRITTEN, dtype=torch.long))
+        self.register_buffer("written_row", torch.full((size,), NO_ROW, dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, indices: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
+    def update(
+        self, indices: torch.Tensor, features: torch.Tensor, momentum: float, step: int
+    ) -> None:
         mixed = momentum * self.slots[indices] + (1 - momentum) * features.to(self.slots.dtype)
         self.slots[indices] = F.normalize(mixed, dim=1)
+        self.written_step[indices] = step
+        self.written_row[indices] = torch.arange(len(indices), device=indices.device)
 
 
 BANK_INITS = ("encoder", "random")
@@ -109,6 +125,7 @@ class MemoryBank(Method):
 
         slots = ctx.encode_training_set(encode, view="clean")
         self.bank.slots.copy_(broadcast_(slots.to(self.bank.slots)))
+        self.bank.written_step.fill_(0)  # written before step 0, by no training batch (NO_ROW)
 
     def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         embedding = self.encoder(batch.views[0])
@@ -134,7 +151,7 @@ class MemoryBank(Method):
                 unit_keys=True,
             )
         self.bank.update(
-            gather_no_grad(indices), gather_no_grad(embedding), self.config.bank_momentum
+            gather_no_grad(indices), gather_no_grad(embedding), self.config.bank_momentum, step
         )
         return loss, {"loss": float(loss.detach())}
 
@@ -143,6 +160,19 @@ class MemoryBank(Method):
         generator = self.context.generator("membank.negatives", step)
         return torch.randint(
             len(self.bank.slots), (self.config.num_negatives,), generator=generator
+        )
+
+    def stale_negatives(self, probe: NegativeProbe) -> dict[str, float] | None:
+        """A slot mixes the embeddings of every visit (momentum `bank_momentum`): even with
+        unchanged weights it is 1 only when the visits agree."""
+        self.encoder.train()  # as in the training step (harness/train.py restores the mode)
+        bank = self.bank
+        return compare_with_recomputed(
+            probe,
+            bank.slots,
+            bank.written_step,
+            bank.written_row,
+            lambda batch: self.encoder(batch.views[0]),
         )
 
     @torch.no_grad()

@@ -18,10 +18,11 @@ from torch import nn
 
 from harness.errors import ConfigError
 from methods.backbone import Encoder, set_trainable
-from methods.base import Method, MethodConfig, MethodContext, TrainBatch
+from methods.base import Method, MethodConfig, MethodContext, NegativeProbe, TrainBatch
 from methods.distributed import gather_no_grad
 from methods.losses import bank_info_nce
 from methods.registry import register_method
+from methods.staleness import NO_ROW, NOT_WRITTEN, compare_with_recomputed
 
 
 @dataclass
@@ -41,7 +42,9 @@ class MoCoConfig(MethodConfig):
 
 
 class KeyQueue(nn.Module):
-    """FIFO queue of L2-normalized keys; the keys and write pointer are checkpointed."""
+    """FIFO queue of L2-normalized keys; the keys, write pointer and each key's origin (the step
+    that wrote it and its row in that step's key batch, for the stale-negatives measure) are
+    checkpointed."""
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
         super().__init__()
@@ -49,13 +52,18 @@ class KeyQueue(nn.Module):
             "keys", F.normalize(torch.randn(size, dim, generator=generator), dim=1)
         )
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("written_step", torch.full((size,), NOT_WRITTEN, dtype=torch.long))
+        self.register_buffer("written_row", torch.full((size,), NO_ROW, dtype=torch.long))
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
+    def enqueue(self, keys: torch.Tensor, step: int) -> None:
         size = self.keys.shape[0]
+        rows = torch.arange(len(keys), device=keys.device)[-size:]
         keys = keys[-size:]  # a batch larger than the queue keeps its newest keys
         slots = (self.pointer + torch.arange(len(keys), device=keys.device)) % size
         self.keys[slots] = keys.to(self.keys.dtype)
+        self.written_step[slots] = step
+        self.written_row[slots] = rows.to(self.written_row)
         self.pointer.copy_((self.pointer + len(keys)) % size)
 
 
@@ -103,8 +111,20 @@ class MoCo(Method):
         # view's keys are gathered on their own, so the queue holds the global batch in the same
         # order whatever the number of ranks (one gather of [v1; v0] would interleave the ranks).
         views = key.chunk(2) if self.config.symmetric else (key,)
-        self.queue.enqueue(torch.cat([gather_no_grad(keys) for keys in views]))
+        self.queue.enqueue(torch.cat([gather_no_grad(keys) for keys in views]), step)
         return loss, {"loss": float(loss.detach())}
+
+    def _key_batch(self, batch: TrainBatch) -> torch.Tensor:
+        """The key encoder's keys of `batch` in the order the step enqueued them."""
+        views = [batch.views[1], batch.views[0]] if self.config.symmetric else [batch.views[1]]
+        return self.key_encoder(torch.cat(views))
+
+    def stale_negatives(self, probe: NegativeProbe) -> dict[str, float] | None:
+        queue = self.queue
+        self.key_encoder.train()  # as in the training step (harness/train.py restores the mode)
+        return compare_with_recomputed(
+            probe, queue.keys, queue.written_step, queue.written_row, self._key_batch
+        )
 
     @torch.no_grad()
     def describe(self, images, role):

@@ -42,7 +42,14 @@ import torch.nn.functional as F
 
 from harness.errors import ConfigError, HarnessError
 from methods.backbone import Encoder, set_trainable
-from methods.base import Method, MethodConfig, MethodContext, TrainBatch, TrainContext
+from methods.base import (
+    Method,
+    MethodConfig,
+    MethodContext,
+    NegativeProbe,
+    TrainBatch,
+    TrainContext,
+)
 from methods.distributed import broadcast_
 from methods.losses import bank_info_nce
 from methods.registry import register_method
@@ -238,6 +245,41 @@ class QKIteration(Method):
         return loss, {
             "loss": float(loss.detach()),
             "phase_q": float(self.trained_side(phase) == "q"),
+        }
+
+    # --- the stale-negatives measure ----------------------------------------------------------
+    @torch.no_grad()
+    def stale_negatives(self, probe: NegativeProbe) -> dict[str, float] | None:
+        """Cached keys against what the frozen side computes for the same images now. The frozen
+        backbone does not change within a phase and the cache is rebuilt at each phase start, so
+        the cosine is 1 up to float error by construction. The keys are compared after the
+        frozen head, applied to both sides in eval mode (one function for both; the loss applies
+        it over the whole cache with batch statistics)."""
+        if self.cache_phase is None:
+            return None
+        _, frozen = self._sides(self.cache_phase)
+        sample = torch.randperm(len(self.cache_rows), generator=probe.generator)
+        sample = sample[: probe.batches * probe.batch_size].sort().values
+        images = probe.training_images(
+            self.cache_rows[sample].cpu(), view=self.config.cache_view, seed_key=self.cache_phase
+        )
+        dtype = CACHE_DTYPES[self.config.cache_dtype]
+        frozen.eval()  # as in the cache pass (harness/train.py restores the mode)
+        fresh = frozen.backbone(images)
+        if not self.config.train_frozen_head:
+            fresh = F.normalize(frozen.head(fresh), dim=1)
+        stored = self.cache[sample.to(self.cache.device)].float()
+        fresh = fresh.to(dtype).float()
+        if self.config.train_frozen_head:
+            stored = frozen.head(stored)
+            fresh = frozen.head(fresh)
+        cosine = (F.normalize(stored, dim=1) * F.normalize(fresh, dim=1)).sum(1)
+        age = float(probe.step - self.cache_phase * self.config.phase_steps)
+        return {
+            "consistency": float(cosine.mean()),
+            "consistency_entries": float(len(cosine)),
+            "negative_age": age,
+            "negative_age_max": age,
         }
 
     # --- evaluation ---------------------------------------------------------------------------

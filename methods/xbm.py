@@ -38,10 +38,11 @@ from torch import nn
 
 from harness.errors import ConfigError
 from methods.backbone import Encoder
-from methods.base import Method, MethodConfig, MethodContext, TrainBatch
+from methods.base import Method, MethodConfig, MethodContext, NegativeProbe, TrainBatch
 from methods.distributed import gather_no_grad, gather_with_grad
 from methods.losses import multi_positive_info_nce
 from methods.registry import register_method
+from methods.staleness import NO_ROW, NOT_WRITTEN, compare_with_recomputed
 
 EMPTY = -1  # the training index of a memory slot not yet written
 
@@ -66,14 +67,20 @@ class EmbeddingMemory(nn.Module):
         self.register_buffer("embeddings", torch.zeros(size, dim))
         self.register_buffer("ids", torch.full((size,), EMPTY, dtype=torch.long))
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        # Each entry's origin, for the stale-negatives measure: the step and its row there.
+        self.register_buffer("written_step", torch.full((size,), NOT_WRITTEN, dtype=torch.long))
+        self.register_buffer("written_row", torch.full((size,), NO_ROW, dtype=torch.long))
 
     @torch.no_grad()
-    def enqueue(self, embeddings: torch.Tensor, ids: torch.Tensor) -> None:
+    def enqueue(self, embeddings: torch.Tensor, ids: torch.Tensor, step: int) -> None:
         size = len(self.ids)
+        rows = torch.arange(len(ids), device=self.ids.device)[-size:]
         embeddings, ids = embeddings[-size:], ids[-size:]  # a batch larger than the memory
         slots = (self.pointer + torch.arange(len(ids), device=self.ids.device)) % size
         self.embeddings[slots] = embeddings.to(self.embeddings)
         self.ids[slots] = ids.to(self.ids)
+        self.written_step[slots] = step
+        self.written_row[slots] = rows
         self.pointer.copy_((self.pointer + len(ids)) % size)
 
 
@@ -107,6 +114,7 @@ class XBM(Method):
         self.memory.enqueue(
             torch.cat([gather_no_grad(view) for view in views]),
             torch.cat([gather_no_grad(indices)] * 2),
+            step,
         )
         self._global_batch = len(batch.indices) * self.context.world_size
         return loss, {"loss": float(loss.detach()), "memory_positives": memory_positives}
@@ -136,6 +144,17 @@ class XBM(Method):
         loss = multi_positive_info_nce(logits, positives, ~matches)
         memory_positives = float(positives[:, rows * self.context.world_size :].sum()) / rows
         return loss, memory_positives
+
+    def stale_negatives(self, probe: NegativeProbe) -> dict[str, float] | None:
+        self.encoder.train()  # as in the training step (harness/train.py restores the mode)
+        memory = self.memory
+        return compare_with_recomputed(
+            probe,
+            memory.embeddings,
+            memory.written_step,
+            memory.written_row,
+            lambda batch: self.encoder(torch.cat([batch.views[0], batch.views[1]])),
+        )
 
     @torch.no_grad()
     def describe(self, images, role):

@@ -124,12 +124,14 @@ def test_moco_queue_smaller_than_a_batch_keeps_the_newest_keys():
 
     queue = KeyQueue(size=3, dim=4)
     keys = F.normalize(torch.randn(5, 4), dim=1)
-    queue.enqueue(keys)
+    queue.enqueue(keys, 0)
     # FIFO of capacity 3 after 5 pushes: the last 3, and the next write replaces the oldest of them
     assert torch.equal(queue.keys, keys[2:])
     assert int(queue.pointer) == 0
-    queue.enqueue(keys[:1])
+    assert queue.written_row.tolist() == [2, 3, 4]  # each key's row in its step's batch
+    queue.enqueue(keys[:1], 1)
     assert torch.equal(queue.keys, torch.cat([keys[:1], keys[3:]]))
+    assert queue.written_step.tolist() == [1, 0, 0]
 
 
 def test_membank_encoder_init_fills_every_slot_at_a_fresh_start_only():

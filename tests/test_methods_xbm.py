@@ -94,14 +94,17 @@ def test_memory_fifo_keeps_the_newest_embeddings_and_ids():
     memory = EmbeddingMemory(size=5, dim=4)
     assert memory.ids.tolist() == [-1] * 5  # empty slots
     keys = F.normalize(torch.randn(7, 4, generator=torch.Generator().manual_seed(0)), dim=1)
-    memory.enqueue(keys[:3], torch.tensor([0, 1, 2]))
-    memory.enqueue(keys[3:7], torch.tensor([3, 4, 5, 6]))
+    memory.enqueue(keys[:3], torch.tensor([0, 1, 2]), 0)
+    memory.enqueue(keys[3:7], torch.tensor([3, 4, 5, 6]), 1)
     assert memory.ids.tolist() == [5, 6, 2, 3, 4] and int(memory.pointer) == 2
     assert torch.equal(memory.embeddings, keys[[5, 6, 2, 3, 4]])
-    memory.enqueue(keys, torch.arange(10, 17))  # larger than the memory: the newest 5
+    memory.enqueue(keys, torch.arange(10, 17), 2)  # larger than the memory: the newest 5
     assert memory.ids.tolist() == [15, 16, 12, 13, 14] and int(memory.pointer) == 2
+    # Each entry's origin: the step that wrote it and its row in that step's batch.
+    assert memory.written_step.tolist() == [2, 2, 2, 2, 2]
+    assert memory.written_row.tolist() == [5, 6, 2, 3, 4]
     state = memory.state_dict()
-    assert set(state) == {"embeddings", "ids", "pointer"}
+    assert set(state) == {"embeddings", "ids", "pointer", "written_step", "written_row"}
 
 
 def test_negatives_per_step_counts_batch_and_memory():

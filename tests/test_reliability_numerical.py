@@ -124,7 +124,7 @@ def test_nan_descriptors_never_reach_a_record(tmp_path):
 
     from harness.config import resolve_config
     from harness.data.layout import ImageSet
-    from harness.pipeline import extract_descriptors
+    from harness.describe import extract_descriptors
 
     class Broken(torch.nn.Module):
         def describe(self, images, role):

@@ -18,7 +18,7 @@ Rows (same backbone, batch and input size for every method; the protocol's resne
 - `train (dataloader)`: the trainer fed from JPEG files with the protocol's augmentation preset and
   DataLoader workers, next to the same trainer on preloaded tensors (how much decoding and the
   copy-edit augmentations cost on this machine).
-- `extract`: the pipeline's descriptor extraction (`harness.pipeline.extract_descriptors`: JPEG
+- `extract`: the pipeline's descriptor extraction (`harness.describe.extract_descriptors`: JPEG
   files, DataLoader workers, `method.describe`) against `describe` over preloaded tensors of the same
   size. Target: >= 0.8x (data loading must not be the bottleneck).
 
@@ -360,7 +360,7 @@ def _extract_row(setting: Setting, device, images) -> dict:
     """The pipeline's extraction from JPEG files vs `describe` over preloaded tensors."""
     import torch
 
-    from harness.pipeline import extract_descriptors
+    from harness.describe import extract_descriptors
 
     cfg = _run_config("simclr", setting)
     cfg = replace(

@@ -1,0 +1,60 @@
+"""Descriptors of an image set: the one extraction path of the final evaluation, validation and
+the bench (uint8 batches out of the loader workers, normalized on the device)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from harness.device import amp_dtype, autocast, loader_workers
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.config import RunConfig
+
+
+def extract_descriptors(
+    method,
+    image_set,
+    role: str,
+    cfg: RunConfig,
+    device: torch.device,
+    *,
+    split: str,
+    progress: bool = True,
+):
+    """Descriptors of every image of `image_set`, described in `role`, as harness.isc.Descriptors."""
+    from harness.augment import EvalTransform, normalize_batch
+    from harness.data import ImageDataset
+    from harness.isc import Descriptors
+
+    cuda = device.type == "cuda"
+    loader = DataLoader(
+        # uint8 out of the workers, normalized per batch on the device (harness/augment.py)
+        ImageDataset(image_set, EvalTransform(cfg.model.image_size, normalize=False)),
+        batch_size=cfg.eval.batch_size,
+        num_workers=loader_workers(cfg.data.workers, "data.workers"),
+        pin_memory=cuda,
+    )
+    fmt = torch.channels_last if cuda and cfg.train.channels_last else torch.contiguous_format
+    method.eval()
+    features, ids = [], []
+    with torch.no_grad(), autocast(amp_dtype(device, cfg.train.amp)):
+        for images, _, batch_ids in tqdm(
+            loader, desc=f"describe {split}", unit="batch", disable=not progress
+        ):
+            images = normalize_batch(images.to(device, non_blocking=cuda))
+            images = images.contiguous(memory_format=fmt)
+            features.append(method.describe(images, role).float().cpu())
+            ids.extend(batch_ids)
+    matrix = torch.cat(features).numpy() if features else np.zeros((0, cfg.model.embedding_dim))
+    if not np.isfinite(matrix).all():
+        raise HarnessError(
+            f"method {cfg.method!r} produced NaN/inf descriptors for the {split} images; "
+            "the model diverged (check train_log.jsonl)"
+        )
+    return Descriptors(np.asarray(ids, dtype=str), matrix.astype(np.float32))
