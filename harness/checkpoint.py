@@ -100,7 +100,7 @@ def read_checkpoint(path: Path, device: torch.device) -> dict | None:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:
         raise HarnessError(
-            f"{path}: cannot load the checkpoint ({_load_failure(err)}); "
+            f"{path}: cannot load the checkpoint ({load_failure(err)}); "
             "delete it to restart training from scratch"
         ) from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -168,7 +168,7 @@ def _misfit(expected: dict, found) -> str | None:
     return "; ".join(parts) or None
 
 
-def _load_failure(err: Exception) -> str:
+def load_failure(err: Exception, what: str = "a checkpoint of isc-bench") -> str:
     """torch.load's reason in one line. Its weights-only refusal runs to a page and suggests
     weights_only=False, which a harness must never do with a file it cannot vouch for."""
     text = str(err)
@@ -176,6 +176,6 @@ def _load_failure(err: Exception) -> str:
         detail = text.partition("WeightsUnpickler error:")[2].strip().splitlines()
         reason = detail[0].strip() if detail else "unsupported content"
         reason = reason.partition(". Please use")[0]  # advice to allowlist: not for a user
-        return f"not a checkpoint of isc-bench, or damaged; safe loading refused it: {reason}"
+        return f"not {what}, or damaged; safe loading refused it: {reason}"
     lines = text.strip().splitlines()
     return f"{type(err).__name__}: {lines[0] if lines else ''}"

@@ -48,9 +48,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # Any timm model name, built with pretrained=False. resnet10t: resnet18-class, ~2x faster than
-    # resnet18 on CPU.
+    # Any timm model name. resnet10t: resnet18-class, ~2x faster than resnet18 on CPU.
     backbone: str = "resnet10t"
+    # The backbone's starting weights (harness/weights.py); by default a random init from the seed.
+    # Every competitive ISC 2021 entry started from pretrained weights, so a fair comparison must be
+    # able to. A file is part of the protocol: every method's backbone (both encoders of MoCo and
+    # QK) loads the same tensors, and the run id hashes its sha256, so a changed file is a new run.
+    weights: str | None = None  # PATH of a state_dict (.pth/.pt, or .safetensors) of `backbone`
+    # false: load the tensors that fit and list the rest in the record, instead of an error
+    weights_strict: bool = True
+    # timm's published weights for `backbone` (downloaded: needs the internet or timm's cache);
+    # offline, save them once as a file and pass model.weights instead
+    pretrained: bool = False
     embedding_dim: int = 128  # descriptor dimension (<= 256 for the ISC descriptor track)
     image_size: int = 64
     # BatchNorm in every method's projection head (ours, measured: at 150 steps it lifted the
@@ -299,6 +308,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"model.embedding_dim is {cfg.model.embedding_dim}; the ISC descriptor track allows at most 256"
         )
+    if cfg.model.weights is not None and cfg.model.pretrained:
+        raise ConfigError(
+            "model.weights and model.pretrained are exclusive: set model.pretrained=false to start "
+            "from the file, or model.weights=null for timm's published weights"
+        )
     if cfg.eval.max_results is not None and cfg.eval.knn is not None:
         raise ConfigError("eval.max_results and eval.knn are exclusive: set one of them to null")
     for key in ("max_results", "knn", "every", "consistency_every"):
@@ -340,6 +354,10 @@ def config_hash(cfg: RunConfig) -> str:
     d = config_to_dict(cfg)
     d.pop("seed")
     d.pop("run_id")
+    if cfg.model.weights is not None:  # another file at the same path is another run
+        from harness.weights import weights_sha256
+
+        d["model"]["weights_sha256"] = weights_sha256(cfg.model.weights)
     blob = json.dumps(d, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:8]
 

@@ -122,6 +122,9 @@ def build_method(cfg: RunConfig, n_training: int, device: torch.device):
         image_size=cfg.model.image_size,
         head_batch_norm=cfg.model.head_batch_norm,
         pooling=cfg.model.pooling,
+        weights=cfg.model.weights,
+        weights_strict=cfg.model.weights_strict,
+        pretrained=cfg.model.pretrained,
         num_train_images=n_training,
         seed=cfg.seed,
         device=device,
@@ -130,6 +133,11 @@ def build_method(cfg: RunConfig, n_training: int, device: torch.device):
     )
     seed_everything(cfg.seed)  # initial weights are a function of the seed alone
     return create_method(cfg.method, cfg.method_config, context)
+
+
+def loaded_weights(method) -> dict[str, Any] | None:
+    """What the method's backbones started from (all alike: the protocol's), None if random."""
+    return next((m.loaded_weights for m in method.modules() if hasattr(m, "loaded_weights")), None)
 
 
 # The benchmark's splits, extracted in this order: (name in the descriptors file, the Benchmark
@@ -363,6 +371,7 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
     record = build_record(
         config=config_to_dict(cfg),
         benchmark=benchmark.summary(),
+        weights=loaded_weights(method),
         augmentation=data.augmentation,
         device=device_description(device),
         budget={

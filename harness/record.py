@@ -177,11 +177,13 @@ def build_record(
     versions: dict[str, str | None] | None = None,
     extra: dict[str, Any] | None = None,
     earlier_timings: dict[str, float] | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record as a plain dict, keys in the documented order.
 
     The benchmark block gains `resolved_path` and `fingerprint` (see `benchmark_fingerprint`) unless
-    it has them. `earlier_timings`: after a resume, the seconds per timing key (`train`, `total`)
+    it has them. `weights`: what the backbone started from (harness/weights.py), None for a
+    random init. `earlier_timings`: after a resume, the seconds per timing key (`train`, `total`)
     that the processes before this one spent, up to the checkpoint it resumed from; they are added
     to `timings` and kept apart as `timings_before_resume`. A resumed run's record without that key
     (an older version) has timings of its last process only, and the report leaves them out.
@@ -198,6 +200,7 @@ def build_record(
         "seed": config["seed"],
         "config": config,
         "benchmark": benchmark,
+        "weights": weights,
         "augmentation": augmentation,
         "git_commit": git["commit"],
         "git_dirty": git["dirty"],

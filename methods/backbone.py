@@ -14,6 +14,7 @@ from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
 from torch import nn
 
 from harness.errors import ConfigError
+from harness.weights import load_weights, published_backbone, published_identity
 from methods.base import MethodContext
 
 POOLINGS = ("avg", "gem")
@@ -43,15 +44,27 @@ class GeMPooled(nn.Module):
 
 
 def build_backbone(context: MethodContext) -> tuple[nn.Module, int]:
-    """`timm.create_model(context.backbone, pretrained=False, num_classes=0)` and its feature
-    width; with `context.pooling` "gem" the trunk keeps its feature map and GeM pools it."""
+    """`timm.create_model(context.backbone, num_classes=0)` and its feature width, starting from
+    the protocol's weights (harness/weights.py); with `context.pooling` "gem" the trunk keeps its
+    feature map and GeM pools it. The trunk's `loaded_weights` says what it was loaded from."""
     if context.pooling not in POOLINGS:
         raise ConfigError(f"model.pooling must be one of {POOLINGS}, got {context.pooling!r}")
     pool = {} if context.pooling == "avg" else {"global_pool": ""}
     try:
-        model = timm.create_model(context.backbone, pretrained=False, num_classes=0, **pool)
+        if context.pretrained and timm.is_model(context.backbone):  # unknown: the error below
+            model = published_backbone(context.backbone, num_classes=0, **pool)
+        else:
+            model = timm.create_model(context.backbone, pretrained=False, num_classes=0, **pool)
     except RuntimeError as err:  # timm raises RuntimeError("Unknown model ...")
         raise ConfigError(f"backbone: unknown timm model {context.backbone!r} ({err})") from None
+    # Loaded here, into every backbone a method builds, so that a second encoder (MoCo's copy,
+    # QK's key side) starts from the same weights as the first.
+    if context.weights is not None:
+        model.loaded_weights = load_weights(
+            model, context.weights, strict=context.weights_strict, backbone=context.backbone
+        )
+    elif context.pretrained:
+        model.loaded_weights = published_identity(model)
     width = int(model.num_features)
     if context.pooling == "gem":
         model = GeMPooled(model, context.backbone)

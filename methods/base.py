@@ -44,11 +44,14 @@ class MethodContext:
     `harness.pipeline.build_method` fills this in), so the protocol fields carry no defaults here.
     """
 
-    backbone: str  # any timm model name; built with pretrained=False, num_classes=0
+    backbone: str  # any timm model name; built with num_classes=0
     embedding_dim: int  # descriptor dimension (<= 256 for the ISC descriptor track)
     image_size: int
     head_batch_norm: bool  # BatchNorm in the projection head (methods/backbone.py)
     pooling: str  # the backbone's global pooling, "avg" or "gem" (methods/backbone.py)
+    weights: str | None  # a file every backbone starts from (harness/weights.py); None: random
+    weights_strict: bool  # False: load the tensors of `weights` that fit, skip the rest
+    pretrained: bool  # timm's published weights for `backbone` instead of a random init
     num_train_images: int  # size of the training set (membank slots, QK negatives)
     seed: int  # the run seed: every random choice a method makes derives from it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))

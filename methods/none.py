@@ -25,7 +25,8 @@ class NoneConfig(MethodConfig):
 
 @register_method("none", NoneConfig, display_name="untrained backbone")
 class NoTraining(Method):
-    """No training: the randomly initialised backbone (+ fixed random projection) as the descriptor."""
+    """No training: the backbone as initialised (random, or model.weights / model.pretrained) plus a
+    fixed random projection, as the descriptor."""
 
     views_per_image = 0
 

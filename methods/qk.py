@@ -76,7 +76,9 @@ class QKConfig(MethodConfig):
     # same checkpoint scored µAP 0.466 "query", 0.451 "key" and 0.380 "asymmetric" (queries by Q,
     # references by K); before the head's BatchNorm, asymmetric was near 0 (Q and K unaligned).
     describe_mode: str = "query"
-    init: str = "shared"  # "shared": K starts as a copy of Q; "independent": two random inits
+    # "shared": K starts as a copy of Q; "independent": two random inits (only the heads differ
+    # when model.weights or model.pretrained gives both backbones the same start)
+    init: str = "shared"
 
 
 def _check_cache_range(features: torch.Tensor, dtype: torch.dtype) -> None:

@@ -630,6 +630,98 @@ def _sweep_name_escapes(ws: Workspace):
     )
 
 
+SAVE_HINT = "save the backbone's state_dict: torch.save(model.state_dict(), PATH)"
+
+
+def _backbone_state(name: str = "test_resnet") -> dict[str, torch.Tensor]:
+    import timm
+
+    return timm.create_model(name).state_dict()
+
+
+def _weights_missing(ws: Workspace):
+    path = ws.root / "gone.pth"
+    return ws.run_args("--set", f"model.weights={path}"), (
+        f"error: model.weights {path}: no such file"
+    )
+
+
+def _weights_not_torch(ws: Workspace):
+    path = ws.root / "w.pth"
+    path.write_bytes(b"<html>404 Not Found</html>")  # a download that went wrong
+    return ws.run_args("--set", f"model.weights={path}"), (
+        f"error: model.weights {path}: not a file written by torch.save or a .safetensors file; "
+        f"{SAVE_HINT}"
+    )
+
+
+def _weights_truncated(ws: Workspace):
+    path = ws.root / "w.pth"
+    torch.save(_backbone_state(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy cut short
+    return ws.run_args("--set", f"model.weights={path}"), (
+        f"error: model.weights {path}: cannot load it (RuntimeError: PytorchStreamReader "
+        "failed reading zip archive: failed finding central directory. This is an internal "
+        "miniz error. If you are seeing this error, there is a high likelihood that your "
+        "checkpoint file is corrupted. This can happen if the checkpoint was not saved "
+        "properly, was transferred incorrectly, or the file was modified after saving.); "
+        f"{SAVE_HINT}"
+    )
+
+
+def _weights_with_code(ws: Workspace):
+    path = ws.root / "w.pth"
+    torch.save({"conv1.0.weight": torch.zeros(1), "hook": fractions.Fraction}, path)
+    return ws.run_args("--set", f"model.weights={path}"), (
+        f"error: model.weights {path}: cannot load it (not a state_dict, or damaged; safe loading "
+        "refused it: Unsupported global: GLOBAL fractions.Fraction was not an allowed global by "
+        f"default); {SAVE_HINT}"
+    )
+
+
+def _weights_damaged_safetensors(ws: Workspace):
+    path = ws.root / "w.safetensors"
+    path.write_bytes(b"\x00" * 64)
+    return ws.run_args("--set", f"model.weights={path}"), (
+        f"error: model.weights {path}: not a readable .safetensors file (Error while "
+        "deserializing: invalid JSON in header: EOF while parsing a value at line 1 column 0)"
+    )
+
+
+def _weights_of_another_architecture(ws: Workspace):
+    path = ws.root / "vit.pth"
+    torch.save(_backbone_state("test_vit"), path)
+    return ws.run_args("--set", f"model.weights={path}"), (
+        f"error: model.weights {path}: none of its 78 tensors fits backbone test_resnet (the "
+        "file's: cls_token, pos_embed, patch_embed.proj.weight; the backbone's: conv1.0.weight, "
+        "conv1.1.weight, conv1.1.bias); it holds another architecture: set model.backbone to the "
+        "file's, or pass weights saved from timm.create_model('test_resnet')"
+    )
+
+
+def _weights_that_do_not_fit(ws: Workspace):
+    path = ws.root / "w.pth"
+    state = _backbone_state()
+    state["conv1.0.weight"] = torch.zeros(5, 3, 3, 3)
+    del state["layer1.0.conv1.weight"]
+    torch.save(state, path)
+    return ws.run_args("--set", f"model.weights={path}"), (
+        f"error: model.weights {path}: does not fit backbone test_resnet (1 missing, e.g. "
+        "layer1.0.conv1.weight; 1 of another shape, e.g. conv1.0.weight: (5, 3, 3, 3) in the "
+        "file, (16, 3, 3, 3) here); pass weights saved from timm.create_model('test_resnet'), or "
+        "--set model.weights_strict=false to load the tensors that fit (the record lists the rest)"
+    )
+
+
+def _weights_and_pretrained(ws: Workspace):
+    path = ws.root / "w.pth"
+    torch.save(_backbone_state(), path)
+    return ws.run_args("--set", f"model.weights={path}", "--set", "model.pretrained=true"), (
+        "error: model.weights and model.pretrained are exclusive: set model.pretrained=false to "
+        "start from the file, or model.weights=null for timm's published weights"
+    )
+
+
 CASES = [
     Case("corrupt image", _corrupt),
     Case("zero-byte image", _zero_byte),
@@ -684,6 +776,14 @@ CASES = [
     Case("checkpoint of another model", _checkpoint_of_another_model),
     Case("data synth --overwrite over a folder of files", _synth_over_a_folder_of_files),
     Case("sweep name escaping results/sweeps", _sweep_name_escapes),
+    Case("weights file missing", _weights_missing),
+    Case("weights file not written by torch.save", _weights_not_torch),
+    Case("truncated weights file", _weights_truncated),
+    Case("weights file holding code", _weights_with_code),
+    Case("damaged safetensors weights", _weights_damaged_safetensors),
+    Case("weights of another architecture", _weights_of_another_architecture),
+    Case("weights that do not fit the backbone", _weights_that_do_not_fit),
+    Case("weights and pretrained together", _weights_and_pretrained),
 ]
 
 

@@ -33,6 +33,7 @@ RECORD_KEYS = {
     "seed",
     "config",
     "benchmark",
+    "weights",
     "augmentation",
     "git_commit",
     "versions",

@@ -106,6 +106,9 @@ def make_method(**config) -> ToyMethod:
         image_size=32,
         head_batch_norm=False,
         pooling="avg",
+        weights=None,
+        weights_strict=True,
+        pretrained=False,
         num_train_images=N_IMAGES,
         seed=0,
     )
