@@ -302,6 +302,77 @@ def plot_equal_compute(summary: pd.DataFrame) -> plt.Figure | None:
     return fig
 
 
+def _curve_figure(long: pd.DataFrame, panels, *, width: float, height: float):
+    """One panel per (value, x axis, x label, y label) in `panels`: per group, the mean of the
+    value over seeds against the mean x, with a band of ± one sample std (2 seeds or more).
+    None when no panel has a point."""
+    from harness.report.curves import mean_curves
+
+    means = [mean_curves(long, value) for value, *_ in panels]
+    if all(curves.empty for curves in means):
+        return None
+    _style()
+    styles = _method_styles(sorted(set(long["method"])))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), squeeze=False)
+    for ax, curves, (_, x, xlabel, ylabel) in zip(axes[0], means, panels, strict=True):
+        for (group, method), rows in curves.groupby(["group", "method"], sort=True):
+            rows = rows.sort_values("step")
+            style = styles[method]
+            ax.plot(
+                rows[x],
+                rows["mean"],
+                color=style["color"],
+                linestyle=style["linestyle"],
+                marker=style["marker"],
+                markersize=2.5,
+                markerfacecolor="white",
+                linewidth=1,
+                label=group,
+            )
+            band = rows["std"].fillna(0)
+            ax.fill_between(
+                rows[x],
+                rows["mean"] - band,
+                rows["mean"] + band,
+                color=style["color"],
+                alpha=0.18,
+                linewidth=0,
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel if ax is axes[0][0] or ylabel != panels[0][3] else "")
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False
+    )
+    return fig
+
+
+def plot_learning_curves(long: pd.DataFrame) -> plt.Figure | None:
+    """Validation µAP (mean over seeds, ± std band) against steps, images seen and training
+    wall-clock, side by side; None without validation points."""
+    y = "validation µAP (raw)"
+    panels = [
+        ("val_micro_ap", "step", "step", y),
+        ("val_micro_ap", "images_seen", "images seen", y),
+        ("val_micro_ap", "train_seconds", "training wall-clock (s)", y),
+    ]
+    return _curve_figure(long, panels, width=2 * COLUMN_WIDTH_IN, height=2.4)
+
+
+def plot_stale_negatives(long: pd.DataFrame) -> plt.Figure | None:
+    """The stale-negatives measure against steps: the mean cosine between stored negatives and
+    their recomputation now (left) and their mean age (right); None without such points."""
+    if long["consistency"].isna().all():
+        return None
+    panels = [
+        ("consistency", "step", "step", "stored vs recomputed (cosine)"),
+        ("negative_age", "step", "step", "mean age of stored negatives (steps)"),
+    ]
+    return _curve_figure(long, panels, width=1.6 * COLUMN_WIDTH_IN, height=2.3)
+
+
 def plot_edit_heatmap(edit_summary: pd.DataFrame) -> plt.Figure | None:
     """Groups × edit families (transposed when there are more families than groups), mean µAP
     printed in each cell on a grey scale."""
@@ -369,11 +440,13 @@ def write_figures(
     *,
     edit_summary: pd.DataFrame | None = None,
     pr_groups: Collection[str] | None = None,
+    curve_points: pd.DataFrame | None = None,
 ) -> list[Path]:
     """The figure set of a report; `runs` must carry the `group` column
     (harness.report.tables.add_group_column).
 
-    `pr_groups` chooses the groups whose PR curves are drawn (see `representative_runs`)."""
+    `pr_groups` chooses the groups whose PR curves are drawn (see `representative_runs`);
+    `curve_points` (harness.report.curves.load_curves) adds the learning and stale-negatives curves."""
     out_dir = Path(out_dir)
     written: list[Path] = []
     written += save_figure(plot_map_by_group(runs, summary), out_dir / "map_by_method")
@@ -392,6 +465,8 @@ def write_figures(
             "map_by_edit",
             plot_edit_heatmap(edit_summary if edit_summary is not None else pd.DataFrame()),
         ),
+        ("learning_curves", None if curve_points is None else plot_learning_curves(curve_points)),
+        ("stale_negatives", None if curve_points is None else plot_stale_negatives(curve_points)),
     ):
         if figure is not None:
             written += save_figure(figure, out_dir / name)

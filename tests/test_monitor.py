@@ -267,3 +267,18 @@ def test_missing_tensorboard_is_one_line_with_the_way_out(monkeypatch, tmp_path)
     with pytest.raises(ConfigError, match="--set train.tensorboard=false"):
         tensorboard_writer(tmp_path, None)
     assert not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.slow
+def test_report_draws_the_curves_and_reads_equal_time_off_them(tiny_benchmark, tmp_path):
+    from harness.report.build import build_report
+
+    for method in ("qk", "none"):
+        run(tiny_benchmark, tmp_path / "runs", method, *MEASURED)
+    report = build_report([tmp_path / "runs"], tmp_path / "report")
+    names = {p.name for p in report.written}
+    assert {"learning_curves.png", "stale_negatives.png", "curves.csv"} <= names
+    assert any(note.startswith("val µAP @ equal time") for note in report.notes)
+    assert "val µAP @ equal time" in report.table.columns
+    qk = report.summary.set_index("method").loc["qk"]
+    assert qk["consistency_mean"] == pytest.approx(1.0, abs=1e-5)

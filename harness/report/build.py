@@ -14,8 +14,20 @@ import pandas as pd
 
 from harness.atomic import atomic_write_text
 from harness.errors import ConfigError, InputError
+from harness.report.curves import (
+    EQUAL_TIME_METRIC,
+    EQUAL_TIME_NOTE,
+    load_curves,
+    with_equal_time_metric,
+)
 from harness.report.per_edit import EDIT_RUN_COLUMNS, edit_table, per_edit_runs, summarize_edits
-from harness.report.records import DEFAULT_IGNORED_KEYS, RECORD_NAME, SkippedRun, load_runs
+from harness.report.records import (
+    DEFAULT_IGNORED_KEYS,
+    RECORD_METRICS,
+    RECORD_NAME,
+    SkippedRun,
+    load_runs,
+)
 from harness.report.tables import (
     COUNT_NOTE,
     DEFAULT_GROUP_BY,
@@ -97,9 +109,13 @@ def build_report(
     grouping = protocol_grouping(loaded.runs, group_by, loaded.config_columns)
     group_by = grouping.columns
     runs = add_group_column(loaded.runs, group_by)
-    summary = summarize(runs, group_by)
+    curves = load_curves(runs)
+    runs, equal_seconds = with_equal_time_metric(runs, curves)
+    summary = summarize(runs, group_by, metrics=[*RECORD_METRICS, EQUAL_TIME_METRIC])
     table = main_table(summary)
     notes = [*loaded.notes, *grouping.notes]
+    if equal_seconds is not None:
+        notes.append(EQUAL_TIME_NOTE.format(seconds=equal_seconds))
     if shows_partial_counts(summary):
         notes.append(COUNT_NOTE)
     skipped = list(loaded.skipped)
@@ -114,6 +130,9 @@ def build_report(
     written = []
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False))
     written.append(out_dir / "runs.csv")
+    if not curves.empty:
+        atomic_write_text(out_dir / "curves.csv", curves.to_csv(index=False))
+        written.append(out_dir / "curves.csv")
     written += _write_table(table, summary, out_dir / "main", formats, "µAP and cost per method")
     if not edit_summary.empty:
         written += _write_table(
@@ -125,7 +144,12 @@ def build_report(
 
         pr_groups = None if comparison is None else set(runs.loc[comparison(runs), "group"])
         figure_paths = write_figures(
-            runs, summary, out_dir, edit_summary=edit_summary, pr_groups=pr_groups
+            runs,
+            summary,
+            out_dir,
+            edit_summary=edit_summary,
+            pr_groups=pr_groups,
+            curve_points=None if curves.empty else curves,
         )
         written += figure_paths
     markdown = report_markdown(table, families, skipped, figure_paths, out_dir, notes)

@@ -67,6 +67,9 @@ RECORD_METRICS: dict[str, tuple[str, ...]] = {
     "total_seconds": ("timings", "total"),
     "peak_cpu_mb": ("peak_memory_mb", "cpu_rss"),
     "peak_cuda_mb": ("peak_memory_mb", "cuda"),
+    # The stale-negatives measure at the run's last point (eval.consistency_every).
+    "consistency": ("stale_negatives", "consistency"),
+    "negative_age": ("stale_negatives", "negative_age"),
 }
 
 
