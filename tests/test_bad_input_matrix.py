@@ -375,7 +375,7 @@ def _no_negatives(ws: Workspace):
 
 _TRAIN_KEYS = (
     "amp, batch_size, budget_kind, budget_value, channels_last, checkpoint_every, device, "
-    "log_every, lr, momentum, n_views, num_workers, optimizer, schedule, warmup_steps, weight_decay"
+    "log_every, lr, momentum, n_views, num_workers, optimizer, schedule, tensorboard, warmup_steps, weight_decay"
 )
 
 
@@ -563,6 +563,18 @@ def _batch_of_one(ws: Workspace):
     return ws.run_args("--set", "train.batch_size=1"), (
         "error: train.batch_size must be >= 2, got 1: a contrastive batch needs negatives, and "
         "BatchNorm in the projection head needs 2 images per batch"
+    )
+
+
+def _validation_every_zero(ws: Workspace):
+    return ws.run_args("--set", "eval.every=0"), "error: eval.every must be > 0 or null, got 0"
+
+
+def _validation_larger_than_the_split(ws: Workspace):
+    n = len(list((ws.bench / "references").iterdir()))
+    sizes = ("--set", "eval.val_queries=4", "--set", f"eval.val_references={n + 1}")
+    return ws.run_args("--set", "eval.every=1", *sizes), (
+        f"error: eval.val_references is {n + 1}, but the benchmark has {n} references; lower it"
     )
 
 
@@ -772,6 +784,8 @@ CASES = [
     Case("decompression bomb", _decompression_bomb),
     Case("config file not UTF-8", _config_not_utf8),
     Case("batch of one", _batch_of_one),
+    Case("validation every 0 steps", _validation_every_zero),
+    Case("validation subset larger than the split", _validation_larger_than_the_split),
     Case("--out is a file", _out_is_a_file),
     Case("checkpoint of another model", _checkpoint_of_another_model),
     Case("data synth --overwrite over a folder of files", _synth_over_a_folder_of_files),
