@@ -28,8 +28,9 @@ def encode_dataset(
     desc: str,
     progress: bool,
 ) -> torch.Tensor:
-    """`fn` over the `(image, index, id)` items of `dataset`, outputs stacked in index order as
-    float32. Item i is computed under a seed derived from (`seed`, `seed_key`, i)."""
+    """`fn` over the `(image, index, id)` items of `dataset`, outputs stacked in index order in
+    the dtype `fn` returns (QK's fp16/bf16 cache is never held in float32 whole). Item i is
+    computed under a seed derived from (`seed`, `seed_key`, i)."""
     n = len(dataset)
     seeds = derive_seeds(seed, STREAM_ENCODE, seed_key, count=n)
     keys = list(zip(range(n), seeds.tolist(), strict=True))
@@ -46,5 +47,5 @@ def encode_dataset(
     with torch.no_grad(), autocast(amp_dtype):
         for images, _, _ in bar:
             images = images_to_device(images, device, channels_last)
-            outputs.append(fn(images).float())
+            outputs.append(fn(images))
     return torch.cat(outputs)

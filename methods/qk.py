@@ -204,7 +204,7 @@ class QKIteration(Method):
         rows = self._negative_rows(phase).to(cache.device)
         if len(rows) < self.context.num_train_images:
             cache = cache[rows]
-        self.cache = broadcast_(cache.contiguous())
+        self.cache = broadcast_(cache.to(dtype).contiguous())
         self.cache_rows = rows
         self.cache_phase = phase
         self.train(was_training)

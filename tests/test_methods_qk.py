@@ -183,3 +183,27 @@ def test_unknown_init_is_a_config_error():
 
     with pytest.raises(ConfigError, match="qk.init"):
         build("qk", QKConfig(init="copy"))
+
+
+def test_the_trainers_encoding_keeps_the_cache_dtype():
+    """QK's fp16/bf16 cache halves memory only if the trainer's pass does not widen it to float32
+    (it did: encode_dataset stacked `.float()` outputs, so an fp16 cache took fp32's bytes)."""
+    from harness.encode import encode_dataset
+
+    data = images(N_TRAIN)
+    items = [(data[i], i, f"T{i}") for i in range(N_TRAIN)]
+    out = encode_dataset(
+        items,
+        lambda x: x.flatten(1)[:, :4].to(torch.float16),
+        seed=0,
+        seed_key=0,
+        batch_size=5,
+        num_workers=0,
+        device=torch.device("cpu"),
+        channels_last=False,
+        amp_dtype=None,
+        desc="",
+        progress=False,
+    )
+    assert out.dtype == torch.float16 and out.shape == (N_TRAIN, 4)
+    assert torch.equal(out, data.flatten(1)[:, :4].to(torch.float16))
