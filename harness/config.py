@@ -104,6 +104,9 @@ class TrainConfig:
     amp: bool = True  # mixed precision (CUDA only; CPU always trains in float32)
     channels_last: bool = True  # CUDA only
     num_workers: int = 2  # DataLoader workers for the training stream
+    # Torch's intra-op threads; null: one per CPU this process may use (its affinity, which SLURM's
+    # cpus_per_task and a local sweep's side-by-side jobs set). The record says what was used.
+    threads: int | None = None
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     # TensorBoard event files in the run directory's tensorboard/ (rank 0), next to
     # train_log.jsonl, which stays the machine-readable log: watch with `tensorboard --logdir`.
@@ -315,6 +318,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.eval.max_results is not None and cfg.eval.knn is not None:
         raise ConfigError("eval.max_results and eval.knn are exclusive: set one of them to null")
+    if t.threads is not None and t.threads <= 0:
+        raise ConfigError(f"train.threads must be > 0 or null, got {t.threads}")
     for key in ("max_results", "knn", "every", "consistency_every"):
         value = getattr(cfg.eval, key)
         if value is not None and value <= 0:

@@ -79,7 +79,12 @@ class RunJob:
     def __init__(self, target: Callable[[Path], Any] | None = None):
         self.target = target
 
-    def __call__(self, run_dir: str) -> Any:
+    def __call__(self, run_dir: str, cpus: list[int] | None = None) -> Any:
+        """`cpus`: the CPUs of this job when several run side by side on one machine (a local
+        sweep, harness/sweep.py); SLURM jobs get theirs from SLURM."""
+        from harness.device import pin_to_cpus
+
+        pin_to_cpus(cpus)
         _reset_signals_in_forked_children()
         created_group = _init_distributed()
         target = self.target or _default_target
@@ -91,9 +96,9 @@ class RunJob:
 
                 dist.destroy_process_group()
 
-    def checkpoint(self, run_dir: str):
+    def checkpoint(self, run_dir: str, cpus: list[int] | None = None):
         # The state is already on disk (the trainer's last atomic checkpoint); requeue a fresh
         # callable for the same directory rather than pickling anything from this process.
         import submitit
 
-        return submitit.helpers.DelayedSubmission(RunJob(self.target), run_dir)
+        return submitit.helpers.DelayedSubmission(RunJob(self.target), run_dir, cpus)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.device import cpu_shares
 from harness.errors import ConfigError, HarnessError
 from harness.job_process import RunJob
 from harness.run_dir import LAUNCH_FILE, SLURM_LOG_DIR, SUBMITIT_LOG_DIR
@@ -91,10 +92,12 @@ def submit_runs(
     """Submit one job per run directory; more than one go out as a single job array."""
     executor = make_executor(launcher, folder, profile, job_name=job_name)
     args = [str(Path(d).resolve()) for d in run_dirs]
+    # Local jobs side by side each get their own CPUs (SLURM does that for its jobs).
+    cpus = cpu_shares(len(args)) if launcher == "local" else [None] * len(args)
     try:
         if len(args) == 1:
-            return [executor.submit(RunJob(target), args[0])]
-        return executor.map_array(RunJob(target), args)
+            return [executor.submit(RunJob(target), args[0], cpus[0])]
+        return executor.map_array(RunJob(target), args, cpus)
     except subprocess.CalledProcessError as err:
         # sbatch's own message (bad partition, account, qos ...) is the useful part: show it as is.
         output = err.output.decode() if isinstance(err.output, bytes) else str(err.output or "")

@@ -29,7 +29,7 @@ from harness.atomic import (
 )
 from harness.config import RunConfig, config_to_dict
 from harness.describe import extract_descriptors
-from harness.device import dist_info
+from harness.device import apply_thread_budget, dist_info, loader_workers
 from harness.errors import ConfigError
 from harness.monitor import Monitors, preserved_state
 from harness.record import build_record, device_description, peak_memory_mb
@@ -352,6 +352,7 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
     clock = Stopwatch()
     started = time.perf_counter()
     device = pick_device(cfg.train.device)
+    resources = apply_thread_budget(cfg.train.threads)
 
     with clock("data"):
         data = load_data(cfg)
@@ -388,7 +389,15 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
         metrics_raw=scores.metrics["raw"],
         metrics_normalized=scores.metrics.get("normalized"),
         files=scores.files,
-        extra={"final_loss": result.final_loss, **_curve_block(cfg, result.curve)},
+        extra={
+            "final_loss": result.final_loss,
+            "resources": {
+                **resources,
+                "train_workers": loader_workers(cfg.train.num_workers, "train.num_workers"),
+                "loader_workers": loader_workers(cfg.data.workers, "data.workers"),
+            },
+            **_curve_block(cfg, result.curve),
+        },
         # A resumed run's wall-clock adds the earlier processes' (up to their last checkpoint).
         earlier_timings=None
         if result.earlier_wall_seconds is None

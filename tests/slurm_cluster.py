@@ -164,3 +164,11 @@ def _pid_alive(name: str) -> bool:
 
 def _which(name: str) -> bool:
     return shutil.which(name) is not None or Path("/usr/sbin", name).exists()
+
+
+def affinity_run(run_dir: Path) -> dict:
+    """Write the CPUs the job may run on to run_dir/cpus (a stand-in run that trains nothing)."""
+    run_dir = Path(run_dir)
+    cpus = sorted(os.sched_getaffinity(0))
+    (run_dir / "cpus").write_text(json.dumps(cpus))
+    return {"cpus": cpus}

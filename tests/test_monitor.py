@@ -77,6 +77,7 @@ def test_measurements_never_change_training(tiny_benchmark, tmp_path, method):
         b = read_descriptors(measured_dir / "descriptors.h5", split)
         assert np.array_equal(a.features, b.features)
     assert plain["metrics"] == measured["metrics"]
+    assert measured["resources"]["torch_threads"] >= 1  # the thread budget the run used
     assert "curve" not in plain and not (plain_dir / "tensorboard").exists()
     curve = measured["curve"]
     assert [p["step"] for p in curve if "val_micro_ap" in p] == [0, 2, 4, 6]
