@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -168,6 +169,23 @@ def build_preset(name: str, image_size: int, overrides: dict | None = None) -> P
         transform = _Chain([CopyEdit(settings, float(params["edit_prob"])), view])
     record = {"preset": name, "image_size": image_size, **params, "normalize": IMAGENET_NORMALIZE}
     return Preset(name=name, transform=transform, params=record)
+
+
+def training_source_side(params: dict, image_size: int) -> int | None:
+    """The smallest image side at which the preset's tightest crop still spans `image_size`
+    pixels: what a reduced-scale JPEG decode (data.decode: draft) must keep for training views.
+
+    The view's random resized crop keeps at least `min_scale` of the area at an aspect ratio up to
+    4/3, so at least sqrt(min_scale * 3/4) of a side; the copy edits' crop keeps at least
+    (1 - strength/2) * 0.85 of a side (harness/data/edits.py). Their product is the tightest crop;
+    the side needed is image_size over it. None when a crop can be arbitrarily small."""
+    linear = math.sqrt(params["min_scale"] * 3 / 4)
+    families = params.get("edit_families") or ()
+    if "edit_prob" in params and params["edit_prob"] > 0 and "crop" in families:
+        linear *= max(1 - 0.5 * float(params["edit_strength"]), 0.0) * 0.85
+    if linear <= 0:
+        return None
+    return math.ceil(image_size / linear)
 
 
 class _Chain:

@@ -44,6 +44,13 @@ class DataConfig:
         False  # skip unreadable images (listed in the record) instead of failing
     )
     workers: int = 2  # DataLoader workers for descriptor extraction
+    # JPEG decoding at reduced scale (libjpeg's 1/2, 1/4, 1/8) down to the smallest scale that
+    # still has the pixels the transform uses: model.image_size a side for descriptors, and for
+    # training views the side at which the augmentation's tightest crop still spans image_size
+    # (harness.augment.training_source_side). Part of the protocol, the same for every method: it
+    # changes pixels slightly (docs/data.md gives the measured difference). "full": every image
+    # decoded at full size. The generated mini-DISC (96 px) decodes in full either way.
+    decode: Literal["draft", "full"] = "draft"
 
 
 @dataclass

@@ -35,7 +35,11 @@ def extract_descriptors(
     cuda = device.type == "cuda"
     loader = DataLoader(
         # uint8 out of the workers, normalized per batch on the device (harness/augment.py)
-        ImageDataset(image_set, EvalTransform(cfg.model.image_size, normalize=False)),
+        ImageDataset(
+            image_set,
+            EvalTransform(cfg.model.image_size, normalize=False),
+            draft_side=cfg.model.image_size if cfg.data.decode == "draft" else None,
+        ),
         batch_size=cfg.eval.batch_size,
         num_workers=loader_workers(cfg.data.workers, "data.workers"),
         pin_memory=cuda,

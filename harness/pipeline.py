@@ -87,7 +87,7 @@ class LoadedData:
 
 
 def load_data(cfg: RunConfig) -> LoadedData:
-    from harness.augment import build_preset, eval_transform
+    from harness.augment import build_preset, eval_transform, training_source_side
     from harness.data import ImageDataset, TrainingDataset, load_benchmark
     from harness.data.synth import SynthParams, resolve_data
 
@@ -104,10 +104,16 @@ def load_data(cfg: RunConfig) -> LoadedData:
     preset = build_preset(cfg.augment.preset, cfg.model.image_size, cfg.augment.overrides)
     clean = eval_transform(cfg.model.image_size)
     training = benchmark.training
+    view_side, clean_side = None, None
+    if cfg.data.decode == "draft":
+        clean_side = cfg.model.image_size
+        view_side = training_source_side(preset.params, cfg.model.image_size)
     train_data = TrainData(
-        stream=TrainingDataset(training, preset.transform, clean, n_views=cfg.train.n_views),
-        clean=ImageDataset(training, clean),
-        augmented=ImageDataset(training, preset.transform),
+        stream=TrainingDataset(
+            training, preset.transform, clean, n_views=cfg.train.n_views, draft_side=view_side
+        ),
+        clean=ImageDataset(training, clean, draft_side=clean_side),
+        augmented=ImageDataset(training, preset.transform, draft_side=view_side),
     )
     return LoadedData(benchmark, preset.params, train_data)
 
