@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from harness.device import autocast, images_to_device
 from harness.seeding import STREAM_ENCODE, SeededItems, derive_seeds
+from harness.sharding import gather_in_order, my_indices
 
 
 def encode_dataset(
@@ -27,13 +28,18 @@ def encode_dataset(
     amp_dtype: torch.dtype | None,
     desc: str,
     progress: bool,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> torch.Tensor:
     """`fn` over the `(image, index, id)` items of `dataset`, outputs stacked in index order in
     the dtype `fn` returns (QK's fp16/bf16 cache is never held in float32 whole). Item i is
-    computed under a seed derived from (`seed`, `seed_key`, i)."""
+    computed under a seed derived from (`seed`, `seed_key`, i). Under multi-process training the
+    batches are shared among the ranks and gathered (harness/sharding.py): every rank gets every
+    row, equal to a one-process pass."""
     n = len(dataset)
     seeds = derive_seeds(seed, STREAM_ENCODE, seed_key, count=n)
-    keys = list(zip(range(n), seeds.tolist(), strict=True))
+    mine = my_indices(n, batch_size, rank, world_size)
+    keys = [(i, int(seeds[i])) for i in mine]
     loader = DataLoader(
         SeededItems(dataset),
         batch_size=batch_size,
@@ -48,4 +54,5 @@ def encode_dataset(
         for images, _, _ in bar:
             images = images_to_device(images, device, channels_last)
             outputs.append(fn(images))
-    return torch.cat(outputs)
+    local = torch.cat(outputs) if outputs else None
+    return gather_in_order(local, n, batch_size, rank, world_size)

@@ -221,11 +221,19 @@ def _extract(method, benchmark, cfg: RunConfig, run_dir: Path, device, progress:
 
     descriptors = {
         name: extract_descriptors(
-            method, getattr(benchmark, images), role, cfg, device, split=images, progress=progress
+            method,
+            getattr(benchmark, images),
+            role,
+            cfg,
+            device,
+            split=images,
+            progress=progress,
+            shared=True,
         )
         for name, images, role in SPLITS
     }
-    write_descriptors(run_dir / DESCRIPTORS_FILE, **descriptors)
+    if dist_info()[0] == 0:
+        write_descriptors(run_dir / DESCRIPTORS_FILE, **descriptors)
     return descriptors
 
 
@@ -368,10 +376,10 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
     with clock("train"):
         result = _train(method, data, cfg, run_dir, device, progress)
     rank, _ = dist_info()
-    if rank != 0:  # other DDP ranks only train; rank 0 evaluates and writes the record
+    with clock("extract"):  # every rank describes its share; rank 0 writes the file
+        descriptors = _extract(method, benchmark, cfg, run_dir, device, progress and rank == 0)
+    if rank != 0:  # rank 0 alone searches, scores and writes the record
         return {}
-    with clock("extract"):
-        descriptors = _extract(method, benchmark, cfg, run_dir, device, progress)
     scores = _score(descriptors, benchmark.ground_truth, cfg, score_norm, run_dir, clock, progress)
 
     timings = {**clock.seconds, "total": time.perf_counter() - started}

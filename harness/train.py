@@ -177,6 +177,8 @@ class Trainer:
             amp_dtype=self.amp_dtype,
             desc=f"encode training set ({view})",
             progress=self.progress and self.rank == 0,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
     # --- the loop -----------------------------------------------------------------------------

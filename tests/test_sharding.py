@@ -1,0 +1,161 @@
+"""Passes over a whole split shared by the ranks (harness/sharding.py): descriptor extraction and
+the training-set encodings give, on every rank, exactly what one process computes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import tiny_run_overrides
+
+from harness.sharding import batch_bounds, my_indices
+
+N, BATCH = 23, 4  # 6 batches, the last one short: ranks get 3 batches each, one of them short
+
+
+def test_batches_go_round_robin_and_cover_every_index_once():
+    assert batch_bounds(N, BATCH)[-1] == (20, 23)
+    shares = [my_indices(N, BATCH, r, 2) for r in range(2)]
+    assert shares[0][:4] == [0, 1, 2, 3] and shares[1][:4] == [4, 5, 6, 7]
+    assert sorted(shares[0] + shares[1]) == list(range(N))
+    assert my_indices(N, BATCH, 2, 3) == [8, 9, 10, 11, 20, 21, 22]
+    assert my_indices(3, BATCH, 1, 2) == []  # one batch only: rank 1 has nothing to do
+
+
+def _passes(benchmark: str, rank: int, world_size: int) -> dict:
+    """Descriptors of the references (eval mode) and the training set encoded in train mode
+    (BatchNorm's batch statistics), as rank `rank` of `world_size` gets them."""
+    from harness.config import resolve_config
+    from harness.describe import extract_descriptors
+    from harness.encode import encode_dataset
+    from harness.pipeline import build_method, load_data
+
+    cfg = resolve_config(
+        "membank",
+        overrides=tiny_run_overrides("eval.batch_size=4", "membank.num_negatives=8"),
+        data=benchmark,
+    )
+    data = load_data(cfg)
+    method = build_method(cfg, len(data.benchmark.training), torch.device("cpu"))
+    references = extract_descriptors(
+        method,
+        data.benchmark.references,
+        "reference",
+        cfg,
+        torch.device("cpu"),
+        split="references",
+        progress=False,
+        shared=True,
+    )
+
+    def train_mode(images):
+        method.encoder.train()
+        return method.encoder(images)
+
+    encoded = encode_dataset(
+        data.train_data.augmented,
+        train_mode,
+        seed=0,
+        seed_key=3,
+        batch_size=BATCH,
+        num_workers=0,
+        device=torch.device("cpu"),
+        channels_last=False,
+        amp_dtype=None,
+        desc="",
+        progress=False,
+        rank=rank,
+        world_size=world_size,
+    )
+    return {"ids": list(references.ids), "references": references.features, "encoded": encoded}
+
+
+def _worker(rank: int, world_size: int, port: int, benchmark: str, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.save(_passes(benchmark, rank, world_size), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sharding_benchmark(tmp_path_factory):
+    from harness.data.synth import SynthParams, synthesize
+
+    params = SynthParams(references=N, training=N, queries=6, size=40)
+    return synthesize(tmp_path_factory.mktemp("bench") / "mini", params, workers=1, progress=False)
+
+
+@pytest.mark.slow
+def test_two_ranks_describe_and_encode_exactly_as_one(sharding_benchmark, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = _passes(str(sharding_benchmark), 0, 1)
+    finally:
+        torch.set_num_threads(before)
+    mp.spawn(
+        _worker,
+        args=(2, _free_port(), str(sharding_benchmark), str(tmp_path)),
+        nprocs=2,
+        join=True,
+    )
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)
+        assert got["ids"] == single["ids"]
+        assert (got["references"] == single["references"]).all()  # bit for bit
+        assert torch.equal(got["encoded"], single["encoded"])
+
+
+def _run_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
+    from harness.pipeline import execute_run_dir
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        execute_run_dir(run_dir, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_writes_the_descriptors_of_a_one_rank_run(sharding_benchmark, tmp_path):
+    from harness.config import resolve_config
+    from harness.isc import read_descriptors
+    from harness.pipeline import execute_run_dir
+    from harness.run_dir import prepare_run_dir
+
+    cfg = resolve_config(
+        "none", overrides=tiny_run_overrides("eval.batch_size=4"), data=str(sharding_benchmark)
+    )
+    one = prepare_run_dir(cfg, tmp_path / "one")
+    two = prepare_run_dir(cfg, tmp_path / "two")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = execute_run_dir(one, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    mp.spawn(_run_worker, args=(2, _free_port(), str(two)), nprocs=2, join=True)
+    for split in ("query", "reference", "training"):
+        a = read_descriptors(one / "descriptors.h5", split)
+        b = read_descriptors(two / "descriptors.h5", split)
+        assert list(a.ids) == list(b.ids) and (a.features == b.features).all()
+    record = json.loads((two / "record.json").read_text())
+    assert record["metrics"] == single["metrics"]
