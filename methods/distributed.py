@@ -34,10 +34,3 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.detach().contiguous())
     return torch.cat(parts)
-
-
-def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-    """Make `tensor` identical on every rank (rank `src`'s copy), in place."""
-    if is_distributed():
-        dist.broadcast(tensor, src=src)
-    return tensor

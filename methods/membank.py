@@ -31,7 +31,7 @@ from methods.base import (
     TrainBatch,
     TrainContext,
 )
-from methods.distributed import broadcast_, gather_no_grad
+from methods.distributed import gather_no_grad
 from methods.losses import bank_info_nce
 from methods.registry import register_method
 from methods.staleness import NO_ROW, NOT_WRITTEN, compare_with_recomputed
@@ -124,7 +124,7 @@ class MemoryBank(Method):
             return self.encoder(images)
 
         slots = ctx.encode_training_set(encode, view="clean")
-        self.bank.slots.copy_(broadcast_(slots.to(self.bank.slots)))
+        self.bank.slots.copy_(slots)  # every rank encoded its share and gathered all rows
         self.bank.written_step.fill_(0)  # written before step 0, by no training batch (NO_ROW)
 
     def training_step(self, batch: TrainBatch, step: int) -> tuple[torch.Tensor, dict[str, float]]:

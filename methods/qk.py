@@ -27,8 +27,9 @@ each such choice is a config option (see QKConfig):
 - `num_negatives` < training-set size draws a random subset per phase (from the run seed and the phase);
   positives then come from the frozen side on the batch's clean images, and an image of the batch
   that is also in the subset appears among its own negatives (probability N / training-set size).
-- Under multi-process training every rank computes the cache and rank 0's copy is broadcast, so
-  the cache is bit-identical everywhere; gradients need no gather (each loss sees all N keys).
+- Under multi-process training the ranks share the cache pass batch by batch and gather it
+  (harness/sharding.py), so the cache is bit-identical everywhere and equal to one process's;
+  gradients need no gather (each loss sees all N keys).
 - At evaluation (`describe_mode`): "query" (default) or "key" embeds both with one model;
   "asymmetric" embeds queries with Q and references with K.
 """
@@ -50,7 +51,6 @@ from methods.base import (
     TrainBatch,
     TrainContext,
 )
-from methods.distributed import broadcast_
 from methods.losses import bank_info_nce
 from methods.registry import register_method
 
@@ -204,7 +204,7 @@ class QKIteration(Method):
         rows = self._negative_rows(phase).to(cache.device)
         if len(rows) < self.context.num_train_images:
             cache = cache[rows]
-        self.cache = broadcast_(cache.to(dtype).contiguous())
+        self.cache = cache.to(dtype).contiguous()  # every rank holds all rows (the pass gathers)
         self.cache_rows = rows
         self.cache_phase = phase
         self.train(was_training)
