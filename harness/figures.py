@@ -293,11 +293,16 @@ def plot_equal_compute(summary: pd.DataFrame) -> plt.Figure | None:
         if legend is not None:
             legend.remove()
         ax.tick_params(axis="x", labelrotation=30)
+    return _legend_below(fig, axes[0][0], ncol=3)
+
+
+def _legend_below(fig, ax, *, ncol: int):
+    """The figure laid out, with one legend (the series of `ax`) under all its panels, off the
+    data."""
     fig.tight_layout()
-    # One legend under both panels, off the data.
-    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles, labels = ax.get_legend_handles_labels()
     fig.legend(
-        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False
+        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, frameon=False
     )
     return fig
 
@@ -341,12 +346,7 @@ def _curve_figure(long: pd.DataFrame, panels, *, width: float, height: float):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel if ax is axes[0][0] or ylabel != panels[0][3] else "")
         ax.tick_params(axis="x", labelrotation=30)
-    fig.tight_layout()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(
-        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False
-    )
-    return fig
+    return _legend_below(fig, axes[0][0], ncol=4)
 
 
 def plot_learning_curves(long: pd.DataFrame) -> plt.Figure | None:

@@ -79,3 +79,12 @@ METRIC_KEYS = [
     "n_predictions",
     "n_gt",
 ]
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now, for a torch.distributed group of test processes."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -8,12 +8,12 @@ design.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from test_methods_support import FakeTrainer, build, context, images, make_batch
 
 from methods import TrainBatch
@@ -85,12 +85,6 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_match_one_rank_for_every_method(tmp_path):
     before = torch.get_num_threads()
@@ -99,7 +93,7 @@ def test_two_ranks_match_one_rank_for_every_method(tmp_path):
         single = {name: _run(name, 1, 0) for name in CASES}
     finally:
         torch.set_num_threads(before)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name in CASES:
         for step in range(STEPS):

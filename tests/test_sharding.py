@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_run_overrides
+from conftest import free_port, tiny_run_overrides
 
 from harness.sharding import batch_bounds, my_indices
 
@@ -86,12 +85,6 @@ def _worker(rank: int, world_size: int, port: int, benchmark: str, out_dir: str)
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def sharding_benchmark(tmp_path_factory):
     from harness.data.synth import SynthParams, synthesize
@@ -110,7 +103,7 @@ def test_two_ranks_describe_and_encode_exactly_as_one(sharding_benchmark, tmp_pa
         torch.set_num_threads(before)
     mp.spawn(
         _worker,
-        args=(2, _free_port(), str(sharding_benchmark), str(tmp_path)),
+        args=(2, free_port(), str(sharding_benchmark), str(tmp_path)),
         nprocs=2,
         join=True,
     )
@@ -152,7 +145,7 @@ def test_a_two_rank_run_writes_the_descriptors_of_a_one_rank_run(sharding_benchm
         single = execute_run_dir(one, progress=False)
     finally:
         torch.set_num_threads(before)
-    mp.spawn(_run_worker, args=(2, _free_port(), str(two)), nprocs=2, join=True)
+    mp.spawn(_run_worker, args=(2, free_port(), str(two)), nprocs=2, join=True)
     for split in ("query", "reference", "training"):
         a = read_descriptors(one / "descriptors.h5", split)
         b = read_descriptors(two / "descriptors.h5", split)
