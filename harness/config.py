@@ -14,7 +14,9 @@ key and the valid ones, and a value of the wrong type is an error naming the key
 type. A run directory's `config.yaml` is written and read back by harness.run_dir.
 
 The method's own options live in one section named after the method (`qk: {phase_steps: 50}`),
-typed by the config class the method registered (`methods.get_method(name).config_cls`).
+typed by the config class the method registered (`methods.get_method(name).config_cls`). A
+`--config` file may hold several methods' sections (a protocol such as configs/protocols/disc21.yaml
+serves every method): each is checked, and a run reads its own.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ def resolve_config(
     _method_entry(method)  # an unknown method fails here, listing the registered ones
     tree: dict[str, Any] = {}
     if config_path is not None:
-        tree = load_yaml(Path(config_path))
+        tree = _for_method(load_yaml(Path(config_path)), method, config_path)
     if tree.get("method", method) != method:
         raise ConfigError(
             f"{config_path}: the file is for method {tree['method']!r}, but --method is {method!r}"
@@ -223,6 +225,27 @@ def resolve_config(
     if data is not None:
         tree.setdefault("data", {})["spec"] = data
     return config_from_dict(tree)
+
+
+def _for_method(tree: dict[str, Any], method: str, config_path: str | Path) -> dict[str, Any]:
+    """A --config file's tree for `method`. A protocol file (configs/protocols/) serves every
+    method, so it may hold the sections of other registered methods: each is checked against its
+    method's config class, so a typo fails for every run alike, then left out (it neither shapes
+    this run nor its id)."""
+    if not isinstance(tree, dict):
+        return tree
+    from methods.registry import get_method, list_methods
+
+    kept = {}
+    for key, value in tree.items():
+        if key != method and key not in (*TOP_LEVEL, *SECTIONS) and key in list_methods():
+            try:
+                build_dataclass(get_method(key).config_cls, value or {}, key)
+            except ConfigError as err:
+                raise ConfigError(f"{config_path}: {err}") from None
+            continue
+        kept[key] = value
+    return kept
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:

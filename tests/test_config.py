@@ -119,6 +119,25 @@ def test_config_file_layers_over_defaults_and_reports_bad_yaml(tmp_path):
         resolve_config("moco", config_path=other)
 
 
+def test_a_protocol_file_holds_every_methods_section_and_each_run_reads_its_own(tmp_path):
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text("train:\n  lr: 0.5\nqk:\n  phase_steps: 7\nmoco:\n  queue_size: 128\n")
+    qk = resolve_config("qk", config_path=protocol)
+    simclr = resolve_config("simclr", config_path=protocol)
+    assert qk.method_config.phase_steps == 7 and simclr.train.lr == 0.5
+    # Another method's section shapes neither this run nor its id.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("train:\n  lr: 0.5\n")
+    assert simclr.run_id == resolve_config("simclr", config_path=plain).run_id
+    # A typo in another method's section fails every run of the protocol alike, naming the file.
+    protocol.write_text("qk:\n  phase_step: 7\n")
+    with pytest.raises(ConfigError, match=r"protocol.yaml: unknown key qk.phase_step"):
+        resolve_config("simclr", config_path=protocol)
+    # A run's own config.yaml still holds its method's section alone.
+    with pytest.raises(ConfigError, match="belongs to another method"):
+        config_from_dict({"method": "qk", "moco": {"queue_size": 10}})
+
+
 def test_round_trip_through_dict_and_yaml():
     cfg = resolve_config(
         "membank", overrides=["membank.num_negatives=null", "augment.overrides={edit_prob: 0.5}"]
