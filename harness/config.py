@@ -213,7 +213,9 @@ def resolve_config(
     tree["method"] = method
     if config_path is not None:
         try:  # the defaults are valid, so an error here is the file's: name it
-            config_from_dict(tree)
+            # A stand-in run id: the real one hashes model.weights, which --set may still replace
+            # (a protocol's weights file need not exist where another is passed).
+            config_from_dict({"run_id": "config-file-check", **tree})
         except ConfigError as err:
             raise ConfigError(f"{config_path}: {err}") from None
     for text in overrides:

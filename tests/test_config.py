@@ -16,7 +16,7 @@ from harness.config import (
     dump_config,
     resolve_config,
 )
-from harness.errors import ConfigError
+from harness.errors import ConfigError, HarnessError
 from harness.run_dir import load_run_config, prepare_run_dir
 from methods import get_method, list_methods
 
@@ -133,6 +133,14 @@ def test_a_protocol_file_holds_every_methods_section_and_each_run_reads_its_own(
     protocol.write_text("qk:\n  phase_step: 7\n")
     with pytest.raises(ConfigError, match=r"protocol.yaml: unknown key qk.phase_step"):
         resolve_config("simclr", config_path=protocol)
+    # --set replaces the file's weights before any file is hashed: the file's need not exist.
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"tensors")
+    protocol.write_text("model:\n  weights: elsewhere/missing.pth\n")
+    cfg = resolve_config("qk", config_path=protocol, overrides=[f"model.weights={weights}"])
+    assert cfg.model.weights == str(weights)
+    with pytest.raises(HarnessError, match="missing.pth: no such file"):
+        resolve_config("qk", config_path=protocol)
     # A run's own config.yaml still holds its method's section alone.
     with pytest.raises(ConfigError, match="belongs to another method"):
         config_from_dict({"method": "qk", "moco": {"queue_size": 10}})
