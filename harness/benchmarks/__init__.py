@@ -7,7 +7,10 @@ Each module in this package (names starting with "_" are skipped) is one benchma
 
 `run` measures its figures side by side in one process, each next to its floor or reference, and
 returns one flat dict per row (str/int/float/bool/None values). `quick=True` must finish in
-seconds on 2 CPU cores (CI runs it); the full sizes are the ones quoted in the issue. Timings go
+seconds on 2 CPU cores (CI runs it); the full sizes are the ones quoted in the issue. A module whose
+`run` also takes `protocol` (a `Protocol`, or None) measures at a run protocol's model and batch
+when `bench --config/--set` gives one (`methods`, `negatives`): the figures `sweep --dry-run
+--calibration` reads (harness/calibration.py). Timings go
 through `timed`, which synchronizes CUDA so the same code measures GPU work correctly (`methods`
 also reads the trainer's own per-step clock from its log).
 """
@@ -19,9 +22,35 @@ import os
 import pkgutil
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A run protocol to measure at: a --config file and --set overrides, as `run` takes them."""
+
+    config: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def resolve(self, method: str, extra: Sequence[str] = ()):
+        """`method`'s RunConfig under this protocol, from a random init: the backbone's starting
+        weights change no timing, and the protocol's file need not exist on the bench machine."""
+        from harness.config import resolve_config
+
+        overrides = [*self.overrides, "model.weights=null", "model.pretrained=false", *extra]
+        return resolve_config(method, config_path=self.config, overrides=overrides)
+
+    def describe(self) -> str:
+        return " ".join([self.config or "the defaults", *(f"--set {o}" for o in self.overrides)])
+
+
+def accepts_protocol(module: ModuleType) -> bool:
+    import inspect
+
+    return "protocol" in inspect.signature(module.run).parameters
 
 
 def discover() -> dict[str, ModuleType]:

@@ -22,6 +22,10 @@ Rows (same backbone, batch and input size for every method; the protocol's resne
   files, DataLoader workers, `method.describe`) against `describe` over preloaded tensors of the same
   size. Target: >= 0.8x (data loading must not be the bottleneck).
 
+With `bench --config/--set` (a `Protocol`), the backbone, image size, embedding, pooling, batch
+(per device) and each method's own options are the protocol's, from a random init; the training
+set stays the setting's `n_train` (the `train` row of qk says how many negatives it scored).
+
 `ratio` is always images/s over the reference's images/s (1 = as fast as the reference).
 Timings alternate the harness and its reference (A, B, A, B, ...) and report medians of per-step
 (per-pass) times, because the machine may be shared; `best_*` columns compare the fastest step of
@@ -37,7 +41,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from harness.benchmarks import timed
+from harness.benchmarks import Protocol, timed
 from harness.benchmarks._bare_loops import BARE_LOOPS, BareLoop
 
 DESCRIPTION = (
@@ -59,6 +63,7 @@ class Setting:
     n_files: int  # JPEG files for the DataLoader-fed rows
     workers: int  # DataLoader workers of the DataLoader-fed rows (the protocol's default: 2)
     extract_batch: int  # images per extraction batch (eval.batch_size)
+    protocol: Protocol | None = None  # a run protocol's model and method options (module doc)
 
 
 # The protocol's model and batch (the defaults in harness/config.py) and its 5,000-image training set.
@@ -79,15 +84,30 @@ def _device():
 
 def _run_config(method: str, setting: Setting):
     """The method's resolved protocol config at the benchmark's sizes."""
-    from harness.config import resolve_config
-
     overrides = [
         f"model.backbone={setting.backbone}",
         f"model.image_size={setting.image_size}",
         f"train.batch_size={setting.batch_size}",
         *BARE_LOOPS[method].size_overrides(setting.n_train),
     ]
-    return resolve_config(method, overrides=overrides)
+    return (setting.protocol or Protocol()).resolve(method, overrides)
+
+
+def setting_for(quick: bool, protocol: Protocol | None) -> Setting:
+    """QUICK or FULL, at the protocol's model, batch and extraction batch when one is given."""
+    base = QUICK if quick else FULL
+    if protocol is None:
+        return base
+    cfg = protocol.resolve("simclr")
+    return replace(
+        base,
+        backbone=cfg.model.backbone,
+        image_size=cfg.model.image_size,
+        batch_size=cfg.train.batch_size,
+        extract_batch=cfg.eval.batch_size,
+        workers=cfg.data.workers,
+        protocol=protocol,
+    )
 
 
 # --- preloaded data -------------------------------------------------------------------------------
@@ -405,10 +425,10 @@ def _extract_row(setting: Setting, device, images) -> dict:
     }
 
 
-def run(quick: bool) -> list[dict]:
+def run(quick: bool, protocol: Protocol | None = None) -> list[dict]:
     from tqdm import tqdm
 
-    setting = QUICK if quick else FULL
+    setting = setting_for(quick, protocol)
     device = _device()
     rows = []
     with tempfile.TemporaryDirectory(prefix="isc-bench-methods-") as tmp:
@@ -421,15 +441,19 @@ def run(quick: bool) -> list[dict]:
         qk["images_per_s_with_phase_start"] = setting.batch_size / (
             qk["seconds"] + phase["per_step_s"]
         )
+        qk["negatives"] = setting.n_train  # the training set: QK scores every image of it
         images = _write_jpegs(workdir / "images", setting.n_files)
         simclr = next(row for row in rows if row["method"] == "simclr")
         rows.append(_dataloader_row(setting, device, workdir, images, simclr["images_per_s"]))
         rows.append(_extract_row(setting, device, images))
+    model = _run_config("simclr", setting).model
     common = {
         "benchmark": "methods",
         "device": device.type,
         "backbone": setting.backbone,
         "image_size": setting.image_size,
         "batch": setting.batch_size,
+        "embedding_dim": model.embedding_dim,
+        "pooling": model.pooling,
     }
     return [{**common, **row} for row in rows]

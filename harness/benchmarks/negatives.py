@@ -10,6 +10,10 @@ gradient to the B x d query embeddings), B = 128, d = 128, N = 10k / 100k / 1M n
   logits, the query's and the keys' gradients (3 x 2·B·d·N) and the head's backward (2·N·C·C for
   the first layer's weights, 4·N·C·d for the second layer's weights and input).
 
+With `bench --config/--set` (a `Protocol`), B is the protocol's batch (per device), d its
+embedding and C its backbone's feature width (2048 for resnet50), so the rows are the loss of that
+protocol's QK step at each N (what `sweep --dry-run --calibration` extrapolates to the run's N).
+
 Each row gives seconds per step, achieved GFLOP/s of that floor, % of the measured matmul peak
 (a large square matmul in the same dtype, best of 3), the peak memory beyond the inputs (CPU: the
 rise of the process's peak RSS, reset per case through /proc/self/clear_refs; GPU: the CUDA
@@ -22,6 +26,9 @@ from __future__ import annotations
 
 import gc
 import os
+from dataclasses import dataclass
+
+from harness.benchmarks import Protocol
 
 DESCRIPTION = "QK loss over N negatives (B=128, d=128, N up to 1M): % of matmul peak, memory, naive"
 BATCH, DIM, FEATURES = 128, 128, 512
@@ -109,14 +116,37 @@ def _measure(loss_fn, query, device, repeat):
     return loss, seconds, memory.mb
 
 
-def _head_flops(n: int) -> float:
-    head_forward = 2 * n * (FEATURES * FEATURES + FEATURES * DIM)
-    logits = 2 * BATCH * DIM * n
-    head_backward = 2 * n * FEATURES * FEATURES + 4 * n * FEATURES * DIM
+@dataclass(frozen=True)
+class Shape:
+    batch: int  # B: queries per step
+    dim: int  # d: embedding
+    features: int  # C: the backbone's feature width, the head's input
+    backbone: str | None = None  # the protocol's, when the shape is one's
+
+
+def shape_for(protocol: Protocol | None) -> Shape:
+    if protocol is None:
+        return Shape(BATCH, DIM, FEATURES)
+    import timm
+
+    cfg = protocol.resolve("qk")
+    # The feature width alone is wanted: a random init on the meta device costs no memory.
+    import torch
+
+    with torch.device("meta"):
+        features = timm.create_model(cfg.model.backbone, num_classes=0).num_features
+    return Shape(cfg.train.batch_size, cfg.model.embedding_dim, features, cfg.model.backbone)
+
+
+def _head_flops(n: int, shape: Shape) -> float:
+    c, d = shape.features, shape.dim
+    head_forward = 2 * n * (c * c + c * d)
+    logits = 2 * shape.batch * d * n
+    head_backward = 2 * n * c * c + 4 * n * c * d
     return head_forward + 3 * logits + head_backward
 
 
-def run(quick: bool) -> list[dict]:
+def run(quick: bool, protocol: Protocol | None = None) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
@@ -125,6 +155,8 @@ def run(quick: bool) -> list[dict]:
     from methods.losses import bank_info_nce, naive_info_nce
 
     device = _device()
+    shape = shape_for(protocol)
+    batch, dim, features = shape.batch, shape.dim, shape.features
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     # The peak is re-measured before every case and the best over the whole run is used: on a
     # shared machine a single early measurement can catch a busy moment and flatter the ratios.
@@ -140,12 +172,12 @@ def run(quick: bool) -> list[dict]:
     for case, dtype_name, n in tqdm(cases, desc="bench negatives", leave=False):
         dtype = dtypes[dtype_name]
         peaks[dtype_name] = max(peaks[dtype_name], _matmul_gflops(dtype, device))
-        positive = torch.randint(n, (BATCH,), generator=generator).to(device)
-        query = F.normalize(torch.randn(BATCH, DIM, generator=generator), dim=1)
+        positive = torch.randint(n, (batch,), generator=generator).to(device)
+        query = F.normalize(torch.randn(batch, dim, generator=generator), dim=1)
         query = query.to(device=device, dtype=dtype).requires_grad_()
         if case == "keys":
-            bank = F.normalize(torch.randn(n, DIM, generator=generator), dim=1).to(device, dtype)
-            flops = 4 * BATCH * DIM * n
+            bank = F.normalize(torch.randn(n, dim, generator=generator), dim=1).to(device, dtype)
+            flops = 4 * batch * dim * n
 
             def ours(q, bank=bank, positive=positive):
                 return bank_info_nce(q, bank, temperature, positive_index=positive)
@@ -155,9 +187,9 @@ def run(quick: bool) -> list[dict]:
 
             run_naive = True
         else:
-            bank = torch.randn(n, FEATURES, generator=generator).to(device, dtype)
-            head = build_head(FEATURES, DIM).to(device=device, dtype=dtype)
-            flops = _head_flops(n)
+            bank = torch.randn(n, features, generator=generator).to(device, dtype)
+            head = build_head(features, dim).to(device=device, dtype=dtype)
+            flops = _head_flops(n, shape)
 
             def ours(q, bank=bank, head=head, positive=positive):
                 return bank_info_nce(q, bank, temperature, positive_index=positive, head=head)
@@ -181,6 +213,10 @@ def run(quick: bool) -> list[dict]:
                 "case": case,
                 "dtype": dtype_name,
                 "N": n,
+                "batch": batch,
+                "dim": dim,
+                "features": features,
+                "backbone": shape.backbone,
                 "seconds_per_step": seconds,
                 "gflops": gflops,
                 "percent_of_peak": None,  # filled in below, against the run's best peak

@@ -87,6 +87,9 @@ def run(quick: bool) -> list[dict]:
             {
                 "benchmark": "search",
                 "case": f"{n_queries:,} x {n_references:,} x {dim}",
+                "n_queries": n_queries,
+                "n_references": n_references,
+                "dim": dim,
                 "device": "gpu" if index.gpu is not None else "cpu",
                 "max_results": max_results,
                 "k": k,

@@ -18,6 +18,10 @@ global-capped search against a bare faiss flat kNN over the same data. The rows 
   python -m harness bench                 every benchmark, full sizes (minutes on 2 CPU cores)
   python -m harness bench metrics search  those two
   python -m harness bench --quick         small sizes, seconds (what CI runs)
+  python -m harness bench methods negatives --config configs/protocols/disc21.yaml \
+      --set train.batch_size=64 --json bench.json
+                                          at a run protocol's model and per-GPU batch: the
+                                          calibration of `sweep --dry-run --calibration bench.json`
 
 On a GPU the same command runs unchanged (faiss on the GPU when it sees one, CUDA synchronized
 around every timing).
@@ -54,6 +58,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quick", action="store_true", help="small sizes that finish in seconds (CI)"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="measure `methods` and `negatives` at this run protocol's backbone, image size, "
+        "embedding and batch (e.g. configs/protocols/disc21.yaml); the batch is per device",
+    )
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override a protocol key, as `run --set` (e.g. train.batch_size=64, the per-GPU "
+        "share of a global batch); repeatable",
     )
     parser.add_argument(
         "--json",
@@ -103,12 +123,13 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
     from datetime import datetime, timezone
     from pathlib import Path
 
     from harness.atomic import atomic_write_json
-    from harness.benchmarks import discover, machine_info
+    from harness.benchmarks import Protocol, accepts_protocol, discover, machine_info
     from harness.errors import ConfigError
 
     modules = discover()
@@ -119,10 +140,15 @@ def main(args: argparse.Namespace) -> int:
             f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(modules)}, all"
         )
 
+    protocol = None
+    if args.config is not None or args.overrides:
+        protocol = Protocol(args.config, tuple(args.overrides))
+        protocol.resolve("simclr")  # a bad file or key fails now, not after minutes of timing
     started = datetime.now(timezone.utc)
     report = {
         "started": started.isoformat(timespec="seconds"),
         "quick": args.quick,
+        "protocol": None if protocol is None else dataclasses.asdict(protocol),
         "machine": machine_info(),
         "benchmarks": {},
     }
@@ -130,7 +156,12 @@ def main(args: argparse.Namespace) -> int:
         module = modules[name]
         print(f"\n## {name}: {getattr(module, 'DESCRIPTION', '')}", flush=True)
         start = time.perf_counter()
-        rows = module.run(quick=args.quick)
+        if accepts_protocol(module):
+            rows = module.run(quick=args.quick, protocol=protocol)
+        else:
+            if protocol is not None:
+                print(f"(at its own sizes: --config/--set do not apply to {name})", flush=True)
+            rows = module.run(quick=args.quick)
         report["benchmarks"][name] = {
             "description": getattr(module, "DESCRIPTION", ""),
             "seconds": time.perf_counter() - start,
