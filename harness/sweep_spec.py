@@ -14,6 +14,8 @@ A sweep file (configs/sweeps/*.yaml):
     launcher: slurm              # default for `sweep` (the command line wins)
     slurm_profile: local         # configs/slurm/<name>.yaml or a path
     slurm: {array_parallelism: 4}   # overrides of that profile
+    benchmark_sizes: {queries: 50000, references: 1000000, training: 1000000}
+                                 # for `--dry-run`'s estimate where the data is not readable
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ SPEC_KEYS = (
     "launcher",
     "slurm_profile",
     "slurm",
+    "benchmark_sizes",
 )
+SIZE_KEYS = ("queries", "references", "training")
 
 
 @dataclass
@@ -53,6 +57,7 @@ class SweepSpec:
     slurm_profile: str | None = None
     slurm: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    benchmark_sizes: dict[str, int] | None = None  # images per split (SIZE_KEYS)
     source: str = "<sweep>"  # the file it came from, for messages
 
 
@@ -111,8 +116,22 @@ def spec_from_dict(data: Any, *, source: str = "<sweep>", default_name: str = "s
         slurm_profile=data.get("slurm_profile"),
         slurm=slurm,
         description=str(data.get("description") or ""),
+        benchmark_sizes=_benchmark_sizes(data.get("benchmark_sizes"), source),
         source=source,
     )
+
+
+def _benchmark_sizes(value: Any, source: str) -> dict[str, int] | None:
+    if value is None:
+        return None
+    valid = isinstance(value, dict) and set(value) == set(SIZE_KEYS)
+    valid = valid and all(type(n) is int and n > 0 for n in value.values())
+    if not valid:
+        raise ConfigError(
+            f"{source}: `benchmark_sizes` must give each of {', '.join(SIZE_KEYS)} a positive "
+            f"number of images, got {value!r}"
+        )
+    return dict(value)
 
 
 def sweep_profile(
