@@ -11,8 +11,15 @@ DESCRIPTION = """\
 Expand the grid of a sweep file (configs/sweeps/*.yaml) into runs and submit them as one job array.
 
   python -m harness sweep configs/sweeps/tiny.yaml --dry-run       # the table of runs, nothing written
+  python -m harness sweep configs/sweeps/disc21-paper.yaml --dry-run --calibration bench.json
+                                        # + each run's time and GPU-hours on the hardware bench measured
   python -m harness sweep configs/sweeps/negatives.yaml --launcher slurm --slurm-profile example
   python -m harness status results/sweeps/negatives                # pending/running/done/failed
+
+--dry-run prints, under the table of runs, each run's work (steps, training images, cache passes,
+images decoded, descriptor extractions) and, with --calibration (a `python -m harness bench` JSON made
+on the runs' hardware at their protocol), its time per stage, wall-clock and GPU-hours, and the
+sweep's totals. What the estimate models and leaves out: harness/cost.py.
 
 The sweep directory (default results/sweeps/<name>) holds the manifest tying run ids to grid points,
 the runs and submitit's logs. Running the same sweep again resumes it: finished runs are kept,
@@ -50,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="print the table of runs; write and submit nothing"
     )
     parser.add_argument(
+        "--calibration",
+        metavar="BENCH_JSON",
+        default=None,
+        help="with --dry-run: estimate each run's time from this `python -m harness bench` JSON "
+        "(bench methods negatives search --config PROTOCOL --set train.batch_size=PER_GPU)",
+    )
+    parser.add_argument(
         "--wait",
         action="store_true",
         help="block until every SLURM job has finished, then print the status",
@@ -60,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from harness.errors import ConfigError
     from harness.job_state import wait_jobs
     from harness.paths import child_path
     from harness.sweep import run_states, status_table, submit_sweep_runs, wait_for_queued_runs
@@ -68,12 +83,18 @@ def main(args: argparse.Namespace) -> int:
     from harness.sweep_spec import load_sweep_spec, sweep_profile
     from harness.text_table import format_table
 
+    if args.calibration is not None and not args.dry_run:
+        raise ConfigError("--calibration is read by --dry-run: add --dry-run to see the estimate")
     spec = load_sweep_spec(args.sweep_file)
     resolved = resolve_runs(spec)
     launcher = args.launcher or spec.launcher
     profile = sweep_profile(spec, args.slurm_profile, args.slurm_set)
     sweep_dir = args.out or child_path(Path("results") / "sweeps", spec.name, "sweep name")
     if args.dry_run:
+        from harness.cost_report import cost_report
+
+        # Before any output: a calibration that cannot serve is the one line printed.
+        cost = cost_report(spec, resolved, launcher, profile, args.calibration)
         rows = [
             (run.index, run.run_id, " ".join(f"{k}={v}" for k, v in run.point.items()))
             for run, _ in resolved
@@ -82,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
         print(
             f"\n{len(rows)} runs -> {sweep_dir} as one {launcher} job array (nothing submitted: --dry-run)"
         )
+        print("\n" + cost)
         return 0
     manifest = prepare_sweep(spec, sweep_dir, resolved)
     states = run_states(sweep_dir, manifest)
