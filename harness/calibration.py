@@ -93,7 +93,8 @@ def load_calibration(path: str | Path, way_out: str) -> Calibration:
 
 
 def _rows(benchmarks: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    rows = (benchmarks.get(name) or {}).get("rows") if isinstance(benchmarks.get(name), dict) else None
+    section = benchmarks.get(name)
+    rows = section.get("rows") if isinstance(section, dict) else None
     return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
 

@@ -38,7 +38,9 @@ class BenchmarkSizes:
     source: str  # where the numbers come from, for the printout
 
 
-def benchmark_sizes(spec: str, synth: dict, declared: dict[str, int] | None) -> BenchmarkSizes | None:
+def benchmark_sizes(
+    spec: str, synth: dict, declared: dict[str, int] | None
+) -> BenchmarkSizes | None:
     """The images per split of `data.spec`: the generator's parameters, the folder counted (names
     listed, nothing decoded), else the sweep file's `benchmark_sizes`; None when none applies."""
     if spec == "synthetic":

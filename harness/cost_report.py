@@ -1,11 +1,14 @@
 """The cost table `sweep --dry-run` prints under its table of runs: each run's work, and with a
 calibration its time per stage, wall-clock and GPU-hours, then the sweep's totals and what the
-figures assume (harness/cost.py)."""
+figures assume (harness/cost.py). Runs the sweep directory already holds a record of show their
+measured wall-clock beside the estimate: a dry run after a small sweep checks the calibration."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.calibration import Calibration, load_calibration
 from harness.cost import BenchmarkSizes, RunEstimate, RunWork, benchmark_sizes, estimate, run_work
@@ -69,8 +72,25 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:,.1f} h"
 
 
+def measured_seconds(sweep_dir: Path, run_id: str) -> float | None:
+    """The wall-clock a finished run of the sweep recorded (every process of it), else None."""
+    from harness.run_dir import RECORD_FILENAME
+    from harness.sweep_dir import RUNS_DIR
+
+    try:
+        record = json.loads((sweep_dir / RUNS_DIR / run_id / RECORD_FILENAME).read_text())
+        return float(record["timings"]["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def cost_report(
-    spec, resolved: Sequence[tuple], launcher: str, profile, calibration_path: str | None
+    spec,
+    resolved: Sequence[tuple],
+    launcher: str,
+    profile,
+    calibration_path: str | None,
+    sweep_dir: Path | None = None,
 ) -> str:
     """The text under `sweep --dry-run`'s table of runs (module doc)."""
     job = job_for(launcher, profile)
@@ -100,19 +120,29 @@ def cost_report(
         for _, _, cfg in works:
             calibration.check_model(cfg.model.backbone, cfg.model.image_size, exit_hint)
     estimates = [estimate(w, cfg, calibration) if calibration else None for _, w, cfg in works]
-    lines = [_table(works, estimates, job)]
+    measured = [None] * len(works)
+    if sweep_dir is not None and calibration is not None:
+        measured = [measured_seconds(sweep_dir, run.run_id) for run, _ in resolved]
+    lines = [_table(works, estimates, job, measured)]
     lines += _totals(works, estimates, job)
     lines += _notes(sizes_by_spec, job, works, estimates, calibration, spec, launcher)
+    if any(m is not None for m in measured):
+        lines.append(
+            f"measured: the wall-clock the records in {sweep_dir} hold (timings.total), which "
+            "also counts what the estimate leaves out"
+        )
     return "\n".join(lines)
 
 
-def _table(works, estimates: list[RunEstimate | None], job: Job) -> str:
+def _table(works, estimates: list[RunEstimate | None], job: Job, measured) -> str:
     header = ["#", "steps", "images seen", "cache passes", "decoded", "extractions"]
     if estimates[0] is not None:
         header += ["train", "cache", "validation", "extract", "search", "wall-clock"]
         header += ["GPU-h"] if job.gpus else []
+    shown = any(m is not None for m in measured)
+    header += ["measured"] if shown else []
     rows = []
-    for (index, work, _), est in zip(works, estimates, strict=True):
+    for (index, work, _), est, seconds in zip(works, estimates, measured, strict=True):
         row = [
             index,
             count(work.steps),
@@ -125,6 +155,7 @@ def _table(works, estimates: list[RunEstimate | None], job: Job) -> str:
             row += [duration(s) for s in (est.train, est.cache, est.validation, est.extract)]
             row += [duration(est.search), duration(est.total)]
             row += [f"{est.total * job.gpus / 3600:,.1f}"] if job.gpus else []
+        row += [duration(seconds)] if shown else []
         rows.append(row)
     return format_table(header, rows)
 
@@ -154,7 +185,9 @@ def _totals(works, estimates, job: Job) -> list[str]:
     return totals
 
 
-def _notes(sizes_by_spec, job, works, estimates, cal: Calibration | None, spec, launcher) -> list[str]:
+def _notes(
+    sizes_by_spec, job, works, estimates, cal: Calibration | None, spec, launcher
+) -> list[str]:
     notes = [""]
     for data, sizes in sizes_by_spec.items():
         notes.append(

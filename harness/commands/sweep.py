@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
         from harness.cost_report import cost_report
 
         # Before any output: a calibration that cannot serve is the one line printed.
-        cost = cost_report(spec, resolved, launcher, profile, args.calibration)
+        cost = cost_report(spec, resolved, launcher, profile, args.calibration, sweep_dir)
         rows = [
             (run.index, run.run_id, " ".join(f"{k}={v}" for k, v in run.point.items()))
             for run, _ in resolved
