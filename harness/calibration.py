@@ -78,18 +78,18 @@ def load_calibration(path: str | Path, way_out: str) -> Calibration:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise fail(f"not a JSON file written by `python -m harness bench` ({err})") from None
+        raise fail(f"not a JSON file written by python -m harness bench ({err})") from None
     benchmarks = report.get("benchmarks") if isinstance(report, dict) else None
     if not isinstance(benchmarks, dict):
-        raise fail("not a JSON file written by `python -m harness bench` (no `benchmarks`)")
+        raise fail("not a JSON file written by python -m harness bench (no benchmarks in it)")
     methods = _rows(benchmarks, "methods")
     if not methods:
         ran = ", ".join(benchmarks) or "nothing"
-        raise fail(f"holds no `methods` rows (that bench ran {ran})")
+        raise fail(f"holds no rows of bench methods (that bench ran {ran})")
     try:
         return _calibration(path, report, methods, benchmarks)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
-        raise fail(f"its `methods` rows lack a figure ({type(err).__name__}: {err})") from None
+        raise fail(f"its bench methods rows lack a figure ({type(err).__name__}: {err})") from None
 
 
 def _rows(benchmarks: dict[str, Any], name: str) -> list[dict[str, Any]]:

@@ -105,8 +105,8 @@ def cost_report(
         if sizes is None:
             message = (
                 f"no cost estimate: {cfg.data.spec} is not a folder here and {spec.source} gives "
-                "no benchmark_sizes; add `benchmark_sizes: {queries: N, references: N, training: "
-                "N}` to it, or run the dry run where the data is"
+                "no benchmark_sizes; add benchmark_sizes: {queries: N, references: N, training: "
+                "N} to it, or run the dry run where the data is"
             )
             if calibration_path is not None:
                 raise HarnessError(message)
