@@ -8,8 +8,8 @@ Made on the hardware the runs will use, at the runs' protocol and per-device bat
 
 What each figure is taken from (harness/benchmarks/ says how each is measured):
 - training images/s per method: `methods`' `train` rows (the real trainer, preloaded tensors), and
-  how much slower SimCLR trains when fed from JPEG files (`train (dataloader)`), applied to every
-  method (no other method is measured from files);
+  how much slower SimCLR trains fed from JPEG files than from preloaded tensors timed beside it
+  (`train (dataloader)`), applied to every method (no other method is measured from files);
 - descriptor extraction images/s: the `extract` row (the pipeline's path from JPEG files); QK's
   cache pass and the memory bank's first fill read and encode the training images the same way;
 - QK's loss per negative: the `negatives` rows (seconds per step over N negatives, fitted through
@@ -110,8 +110,9 @@ def _calibration(path: Path, report: dict, methods: list[dict], benchmarks: dict
     (extract,) = [r for r in methods if r["case"] == "extract"]
     loading = [r for r in methods if r["case"] == "train (dataloader)"]
     slowdown = 1.0
-    if loading and "simclr" in train:
-        slowdown = max(1.0, train["simclr"] / _positive(loading[0]["images_per_s"]))
+    if loading:  # the preloaded trainer timed beside it, in the same rounds
+        fed, preloaded = loading[0]["images_per_s"], loading[0]["reference_images_per_s"]
+        slowdown = max(1.0, _positive(preloaded) / _positive(fed))
     first = methods[0]
     device = str((report.get("machine") or {}).get("device") or first.get("device", "cpu"))
     qk = [r for r in methods if r["case"] == "train" and r["method"] == "qk"]

@@ -16,9 +16,9 @@ Rows (same backbone, batch and input size for every method; the protocol's resne
   trainer's `encode_training_set`), next to a bare no-grad forward of the frozen backbone over the
   same number of preloaded images, and amortized per step over `qk.phase_steps`.
 - `train (dataloader)`: the trainer fed from JPEG files with the protocol's augmentation preset and
-  DataLoader workers, next to the same trainer on preloaded tensors (how much decoding and the
-  copy-edit augmentations cost on this machine); the steps served by the workers' first prefetch
-  are not timed.
+  DataLoader workers, next to the same trainer on preloaded tensors, round by round (how much
+  decoding and the copy-edit augmentations cost on this machine); the steps served by the
+  workers' first prefetch are not timed.
 - `extract`: the pipeline's descriptor extraction (`harness.describe.extract_descriptors`: JPEG
   files, DataLoader workers, `method.describe`) against `describe` over preloaded tensors of the same
   size. Target: >= 0.8x (data loading must not be the bottleneck).
@@ -333,49 +333,62 @@ def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
     }
 
 
-def _dataloader_row(setting: Setting, device, workdir: Path, images, preloaded_ips: float) -> dict:
-    """SimCLR trained from JPEG files (protocol preset and workers) vs the preloaded figure."""
+def _timed_steps(cfg, data, device, run_dir: Path, skip: int, steps: int) -> list[float]:
+    """Per-step seconds (the trainer's own clock) of `steps` steps after 1 + `skip` untimed ones."""
+    from harness.train import Trainer
+
+    method = _build_method(cfg, len(data.stream), device)
+    train_cfg = replace(cfg.train, budget_kind="steps", budget_value=float(1 + skip + steps))
+    trainer = Trainer(
+        method, data, train_cfg, seed=cfg.seed, run_dir=run_dir, device=device, progress=False
+    )
+    trainer.fit()
+    return [train_cfg.batch_size / line["images_per_s"] for line in trainer.log[1 + skip :]]
+
+
+def _dataloader_row(setting: Setting, device, workdir: Path, images) -> dict:
+    """SimCLR trained from JPEG files (protocol preset and workers) vs the same trainer on
+    preloaded tensors, alternated round by round so that other load hits both alike."""
     from harness.augment import build_preset, eval_transform
     from harness.data import ImageDataset, TrainingDataset
     from harness.device import loader_workers
-    from harness.train import TrainData, Trainer
+    from harness.train import TrainData
 
     cfg = _run_config("simclr", setting)
     cfg = replace(cfg, train=replace(cfg.train, num_workers=setting.workers))
     preset = build_preset(cfg.augment.preset, cfg.model.image_size, cfg.augment.overrides)
     clean = eval_transform(cfg.model.image_size)
-    data = TrainData(
+    files = TrainData(
         stream=TrainingDataset(images, preset.transform, clean, n_views=cfg.train.n_views),
         clean=ImageDataset(images, clean),
         augmented=ImageDataset(images, preset.transform),
     )
-    method = _build_method(cfg, len(images), device)
-    steps = setting.rounds * setting.steps
+    preloaded = _preloaded_data(setting, cfg.train.n_views)
     # The workers prefetch 2 batches each while the first step runs: timing those would measure
     # a full queue, not how fast the workers keep up (a calibration's loading slowdown).
     prefetched = 2 * loader_workers(setting.workers, "train.num_workers")
-    train_cfg = replace(cfg.train, budget_kind="steps", budget_value=float(1 + prefetched + steps))
-    trainer = Trainer(
-        method,
-        data,
-        train_cfg,
-        seed=cfg.seed,
-        run_dir=workdir / "simclr-files",
-        device=device,
-        progress=False,
-    )
-    trainer.fit()
-    per_step = statistics.median(
-        train_cfg.batch_size / line["images_per_s"] for line in trainer.log[1 + prefetched :]
-    )
-    ips = train_cfg.batch_size / per_step
+    fed, reference = [], []
+    for round_ in range(setting.rounds):
+        fed += _timed_steps(
+            cfg, files, device, workdir / f"files-{round_}", prefetched, setting.steps
+        )
+        reference += _timed_steps(
+            replace(cfg, train=replace(cfg.train, num_workers=0)),
+            preloaded,
+            device,
+            workdir / f"preloaded-{round_}",
+            0,
+            setting.steps,
+        )
+    per_step, reference_step = statistics.median(fed), statistics.median(reference)
     return {
         "case": "train (dataloader)",
         "method": "simclr",
-        "images_per_s": ips,
-        "reference_images_per_s": preloaded_ips,
-        "ratio": ips / preloaded_ips,
+        "images_per_s": cfg.train.batch_size / per_step,
+        "reference_images_per_s": cfg.train.batch_size / reference_step,
+        "ratio": reference_step / per_step,
         "seconds": per_step,
+        "reference_seconds": reference_step,
         "workers": setting.workers,
         "reference": f"same trainer on preloaded tensors; {cfg.augment.preset} preset from JPEGs",
     }
@@ -448,8 +461,7 @@ def run(quick: bool, protocol: Protocol | None = None) -> list[dict]:
         )
         qk["negatives"] = setting.n_train  # the training set: QK scores every image of it
         images = _write_jpegs(workdir / "images", setting.n_files)
-        simclr = next(row for row in rows if row["method"] == "simclr")
-        rows.append(_dataloader_row(setting, device, workdir, images, simclr["images_per_s"]))
+        rows.append(_dataloader_row(setting, device, workdir, images))
         rows.append(_extract_row(setting, device, images))
     model = _run_config("simclr", setting).model
     common = {
