@@ -179,7 +179,7 @@ def _totals(works, estimates, job: Job) -> list[str]:
     if job.gpus:
         line += f", {serial * job.gpus / 3600:,.1f} GPU-hours ({job.gpus} GPUs per job)"
     totals.append(
-        line + f"; with {at_once} jobs at once, at least {duration(span)} from submission "
+        line + f"; with {at_once} job(s) at once, at least {duration(span)} from submission "
         "to the last record (queueing not counted)"
     )
     return totals
@@ -236,7 +236,7 @@ def _notes(
     if cal.search_s_per_unit is None:
         notes.append("search: not estimated (the calibration has no `search` rows)")
     notes.append(
-        "not estimated: process start, listing the benchmark, building the model, work redone "
+        "not estimated: process start, listing and checking the benchmark, building the model, work redone "
         "after a requeue, queueing"
     )
     return notes

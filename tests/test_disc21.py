@@ -242,7 +242,7 @@ def test_dry_run_with_a_calibration_prints_times_gpu_hours_and_totals(workspace,
     search = (3 * 50_000 * 1_000_000 + 21 * 5_000 * 50_000) * 256 * 1e-12
     seconds = 39_063 * 0.08 + (2_050_000 + 21 * 55_000) / 2_000 + search
     assert simclr[6:8] == ["52", "min"] and simclr[-1] == f"{seconds * 8 / 3600:,.1f}"
-    assert "GPU-hours (8 GPUs per job); with 8 jobs at once" in out
+    assert "GPU-hours (8 GPUs per job); with 8 job(s) at once" in out
     assert "calibration bench.json: resnet50 at 224 px on NVIDIA H100 80GB HBM3" in out
     assert "WARNING" not in out
 
