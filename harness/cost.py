@@ -6,12 +6,14 @@ The model, stage by stage (each a stage of harness/pipeline.py), for a job of `w
 (one per GPU):
 - training: steps x (per-device batch / the method's images/s x the loading slowdown); the
   processes share the global batch, so this assumes linear scaling over GPUs. QK adds its loss over
-  the negatives it scores beyond the bench's training set.
-- cache passes (QK at every phase start, the memory bank's first fill): the whole training set
-  read and encoded at extraction's images/s, on every process (not shared between GPUs).
-- validation and the final extraction: rank 0 alone, at extraction's images/s, the other GPUs idle.
-- search: queries x references x dimension at the bench's search rate (the normalized row adds
-  queries x training images); left out without `search` rows.
+  the negatives it scores beyond the bench's training set, on every process (each one's loss sees
+  all N keys).
+- cache passes (QK at every phase start, the memory bank's first fill) and the final extraction:
+  the images read and encoded at extraction's images/s, shared among the processes by whole
+  batches (harness/sharding.py), so divided by their number.
+- validation: rank 0 alone, at extraction's images/s, the other GPUs waiting.
+- search: rank 0, queries x references x dimension at the bench's search rate (the normalized row
+  adds queries x training images); left out without `search` rows.
 Not modelled: process start, listing the benchmark and checking its image headers (on every
 process), building the model, and a resumed run's repeated work since its last checkpoint.
 """
@@ -78,7 +80,7 @@ class RunWork:
     images_seen: int  # training images drawn (steps x global batch)
     negatives: int  # scored per step by QK (0 for the others)
     cache_passes: int  # passes over the training set (QK phase starts, memory-bank fill)
-    cache_images: int  # one process's reads over those passes
+    cache_images: int  # images those passes read, all processes together
     validation_points: int
     validation_images: int
     extract_images: int  # final descriptors: queries, references, training images
@@ -86,8 +88,8 @@ class RunWork:
 
     @property
     def decoded_images(self) -> int:
-        """JPEG decodes of the run: training, every process's cache passes, rank 0's extraction."""
-        reads = self.images_seen + self.world * self.cache_images
+        """JPEG decodes of the run: training, cache passes, validation and final extraction."""
+        reads = self.images_seen + self.cache_images
         return reads + self.validation_images + self.extract_images
 
     @property
@@ -169,9 +171,9 @@ def estimate(work: RunWork, cfg: RunConfig, cal: Calibration) -> RunEstimate:
     ips = cal.extract_images_per_s
     return RunEstimate(
         train=work.steps * step_s,
-        cache=work.cache_images / ips,
+        cache=work.cache_images / (ips * work.world),
         validation=work.validation_images / ips,
-        extract=work.extract_images / ips,
+        extract=work.extract_images / (ips * work.world),
         search=None if cal.search_s_per_unit is None else work.search_units * cal.search_s_per_unit,
         qk_loss_extrapolated=extrapolated,
     )

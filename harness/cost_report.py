@@ -195,8 +195,9 @@ def _notes(
             f"references, {count(sizes.training)} training images ({sizes.source})"
         )
     notes.append(
-        f"job: {job.label} = {job.processes} process(es) per run ({launcher}); counts add up "
-        "every process's reads: each one reads the whole training set at every cache pass"
+        f"job: {job.label} = {job.processes} process(es) per run ({launcher}); they share the "
+        "training batch, the cache passes and the final extraction; validation and search run "
+        "on rank 0"
     )
     if cal is None:
         way = way_out(spec, works[0][2], job, "bench.json")

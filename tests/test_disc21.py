@@ -196,7 +196,7 @@ def test_dry_run_without_calibration_counts_the_work_and_says_why_no_times(works
     assert main(["sweep", SWEEP, "--dry-run"]) == 0
     out = capsys.readouterr().out
     rows = _cost_rows(out)
-    assert rows[0][:5] == ["0", "39,063", "20M", "5", "63.2M"]  # qk: 5 cache passes on 8 GPUs
+    assert rows[0][:5] == ["0", "39,063", "20M", "5", "28.2M"]  # qk: 5 cache passes of 1M
     assert rows[3][:5] == ["3", "39,063", "20M", "0", "23.2M"]  # simclr
     assert rows[18][:5] == ["18", "0", "0", "0", "2.1M"]  # none: one validation point, extraction
     assert "(the sweep file's benchmark_sizes (data/disc21 not here))" in out
@@ -220,13 +220,13 @@ def test_estimate_arithmetic_per_stage(workspace):
     qk = resolve_config("qk", config_path=PROTOCOL)
     work = run_work(qk, DISC21, world=8)
     assert (work.steps, work.cache_passes, work.validation_points) == (39_063, 5, 21)
-    assert work.decoded_images == 39_063 * 512 + 8 * 5 * 1_000_000 + 21 * 55_000 + 2_050_000
+    assert work.decoded_images == 39_063 * 512 + 5 * 1_000_000 + 21 * 55_000 + 2_050_000
     est = estimate(work, qk, cal)
     step = 64 / 1000 * 1.25 + 1e-7 * (1_000_000 - 5_000)  # per-GPU batch; QK's loss beyond 5k
     assert est.train == pytest.approx(39_063 * step)
-    assert est.cache == pytest.approx(5 * 1_000_000 / 2_000)  # every GPU encodes all 1M
-    assert est.validation == pytest.approx(21 * 55_000 / 2_000)
-    assert est.extract == pytest.approx(2_050_000 / 2_000)
+    assert est.cache == pytest.approx(5 * 1_000_000 / 2_000 / 8)  # shared among the 8 GPUs
+    assert est.validation == pytest.approx(21 * 55_000 / 2_000)  # rank 0 alone
+    assert est.extract == pytest.approx(2_050_000 / 2_000 / 8)
     units = 50_000 * 1_000_000 * 256 * 2 + 50_000 * 1_000_000 * 256 + 21 * 5_000 * 50_000 * 256
     assert est.search == pytest.approx(units * 1e-12)
     assert est.qk_loss_extrapolated
@@ -237,10 +237,11 @@ def test_dry_run_with_a_calibration_prints_times_gpu_hours_and_totals(workspace,
     assert main(["sweep", SWEEP, "--dry-run", "--calibration", "bench.json"]) == 0
     out = capsys.readouterr().out
     simclr = _cost_rows(out)[3]
-    # 39,063 steps x 64 images per GPU / 1,000 images/s x 1.25 = 3,125 s; extraction 2.05M and
-    # validation 21 x 55k at 2,000/s; search 3 x 50k x 1M x 256 and validation's at 1e-12 s.
+    # 39,063 steps x 64 images per GPU / 1,000 images/s x 1.25 = 3,125 s; extraction of 2.05M
+    # shared by 8 GPUs and validation 21 x 55k on one, at 2,000/s; search 3 x 50k x 1M x 256 and
+    # validation's at 1e-12 s.
     search = (3 * 50_000 * 1_000_000 + 21 * 5_000 * 50_000) * 256 * 1e-12
-    seconds = 39_063 * 0.08 + (2_050_000 + 21 * 55_000) / 2_000 + search
+    seconds = 39_063 * 0.08 + (2_050_000 / 8 + 21 * 55_000) / 2_000 + search
     assert simclr[6:8] == ["52", "min"] and simclr[-1] == f"{seconds * 8 / 3600:,.1f}"
     assert "GPU-hours (8 GPUs per job); with 8 job(s) at once" in out
     assert "calibration bench.json: resnet50 at 224 px on NVIDIA H100 80GB HBM3" in out
