@@ -142,8 +142,13 @@ def main(args: argparse.Namespace) -> int:
 
     protocol = None
     if args.config is not None or args.overrides:
+        from harness.device import apply_thread_budget
+
         protocol = Protocol(args.config, tuple(args.overrides))
-        protocol.resolve("simclr")  # a bad file or key fails now, not after minutes of timing
+        # A bad file or key fails now, not after minutes of timing; and torch gets the threads
+        # the protocol's runs will have (train.threads, else the CPUs of this process), whatever
+        # OMP_NUM_THREADS says, as the pipeline does.
+        apply_thread_budget(protocol.resolve("simclr").train.threads)
     started = datetime.now(timezone.utc)
     report = {
         "started": started.isoformat(timespec="seconds"),
