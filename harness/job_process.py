@@ -101,4 +101,5 @@ class RunJob:
         # callable for the same directory rather than pickling anything from this process.
         import submitit
 
-        return submitit.helpers.DelayedSubmission(RunJob(self.target), run_dir, cpus)
+        extra = () if cpus is None else (cpus,)  # the same CPUs again after a requeue
+        return submitit.helpers.DelayedSubmission(RunJob(self.target), run_dir, *extra)

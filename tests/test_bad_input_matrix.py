@@ -375,7 +375,7 @@ def _no_negatives(ws: Workspace):
 
 _TRAIN_KEYS = (
     "amp, batch_size, budget_kind, budget_value, channels_last, checkpoint_every, device, "
-    "log_every, lr, momentum, n_views, num_workers, optimizer, schedule, tensorboard, warmup_steps, weight_decay"
+    "log_every, lr, momentum, n_views, num_workers, optimizer, schedule, tensorboard, threads, warmup_steps, weight_decay"
 )
 
 

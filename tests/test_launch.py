@@ -100,6 +100,8 @@ def test_run_job_pickle_holds_a_path_not_a_model(tmp_path):
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     assert delayed.args == (str(tmp_path),) and delayed.function is not job
     assert len(pickle.dumps(delayed)) < 2000
+    # A local job pinned to its share of the CPUs keeps that share when it is requeued.
+    assert job.checkpoint(str(tmp_path), [1]).args == (str(tmp_path), [1])
 
 
 def test_debug_launcher_runs_and_is_idempotent(tmp_path):
