@@ -15,6 +15,12 @@ from harness.seeding import STREAM_ENCODE, SeededItems, derive_seeds
 from harness.sharding import gather_in_order, my_indices
 
 
+def encode_seeds(seed: int, seed_key: int, n: int):
+    """The seed of each of the n items of an encoding pass (also how harness/monitor.py gives a
+    method the same images again)."""
+    return derive_seeds(seed, STREAM_ENCODE, seed_key, count=n)
+
+
 def encode_dataset(
     dataset: Dataset,
     fn: Callable[[torch.Tensor], torch.Tensor],
@@ -37,7 +43,7 @@ def encode_dataset(
     batches are shared among the ranks and gathered (harness/sharding.py): every rank gets every
     row, equal to a one-process pass."""
     n = len(dataset)
-    seeds = derive_seeds(seed, STREAM_ENCODE, seed_key, count=n)
+    seeds = encode_seeds(seed, seed_key, n)
     mine = my_indices(n, batch_size, rank, world_size)
     keys = [(i, int(seeds[i])) for i in mine]
     loader = DataLoader(

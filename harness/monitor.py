@@ -23,15 +23,9 @@ from torch import nn
 from torch.utils.data import default_collate
 
 from harness.device import batch_to_device, images_to_device
+from harness.encode import encode_seeds
 from harness.errors import ConfigError
-from harness.seeding import (
-    STREAM_BATCH,
-    STREAM_ENCODE,
-    STREAM_PROBE,
-    SeededItems,
-    StepBatchSampler,
-    derive_seeds,
-)
+from harness.seeding import STREAM_PROBE, SeededItems, StepBatchSampler, derive_seeds
 from methods.base import NegativeProbe
 
 TENSORBOARD_DIR = "tensorboard"
@@ -89,14 +83,12 @@ def negative_probe(trainer, step: int, batches: int) -> NegativeProbe:
     stream = SeededItems(data.stream)
 
     def batch_at(past_step: int):
-        indices = sampler.global_batch(past_step)
-        seeds = derive_seeds(seed, STREAM_BATCH, past_step, count=cfg.batch_size)
-        items = [stream[(int(i), int(s))] for i, s in zip(indices, seeds, strict=True)]
+        items = [stream[key] for key in sampler.global_items(past_step)]
         return batch_to_device(default_collate(items), trainer.device, trainer.channels_last)
 
     def training_images(indices: torch.Tensor, view: str = "clean", seed_key: int = 0):
         dataset = SeededItems(data.clean if view == "clean" else data.augmented)
-        seeds = derive_seeds(seed, STREAM_ENCODE, seed_key, count=len(data.clean))
+        seeds = encode_seeds(seed, seed_key, len(data.clean))
         images = [dataset[(int(i), int(seeds[int(i)]))][0] for i in indices.tolist()]
         return images_to_device(torch.stack(images), trainer.device, trainer.channels_last)
 

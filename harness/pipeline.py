@@ -46,7 +46,7 @@ from harness.run_dir import (
     run_is_finished,
 )
 from harness.seeding import seed_everything
-from harness.train import TrainData, TrainResult, train
+from harness.train import TrainData, TrainResult, train, write_jsonl
 from harness.validation import NORMALIZED_NOTE, Validator, validation_split
 
 
@@ -211,7 +211,7 @@ def _train(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, prog
             curve = [
                 {"step": 0, "images_seen": 0, "train_seconds": 0.0, **monitors.validate(method)}
             ]
-    atomic_write_text(run_dir / CURVE_FILENAME, "".join(json.dumps(p) + "\n" for p in curve))
+    write_jsonl(run_dir / CURVE_FILENAME, curve)
     return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0, curve=curve)
 
 

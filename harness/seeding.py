@@ -131,6 +131,12 @@ class StepBatchSampler(Sampler):
         order = np.random.default_rng(order_seed).permutation(self.n_items)
         return order[position * self.batch_size : (position + 1) * self.batch_size]
 
+    def global_items(self, step: int) -> list[tuple[int, int]]:
+        """The (index, item seed) pairs of global step `step`, all ranks: what SeededItems
+        computes for that step's batch (also how harness/monitor.py regenerates a past batch)."""
+        seeds = derive_seeds(self.seed, STREAM_BATCH, step, count=self.batch_size)
+        return list(zip(self.global_batch(step).tolist(), seeds.tolist(), strict=True))
+
     def __len__(self) -> int:
         if self.end_step is None:
             raise TypeError("an unbounded StepBatchSampler has no length")
@@ -141,7 +147,5 @@ class StepBatchSampler(Sampler):
         local = self.batch_size // self.world_size
         lo, hi = self.rank * local, (self.rank + 1) * local
         while self.end_step is None or step < self.end_step:
-            indices = self.global_batch(step)
-            seeds = derive_seeds(self.seed, STREAM_BATCH, step, count=self.batch_size)
-            yield list(zip(indices[lo:hi].tolist(), seeds[lo:hi].tolist(), strict=True))
+            yield self.global_items(step)[lo:hi]
             step += 1

@@ -93,7 +93,8 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _write_log(path: Path, lines: list[dict]) -> None:
+def write_jsonl(path: Path, lines: list[dict]) -> None:
+    """One JSON object per line, written atomically (train_log.jsonl, curve.jsonl)."""
     atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
@@ -366,7 +367,7 @@ class Trainer:
             return
         self.optimizer.zero_grad(set_to_none=True)
         if self.rank == 0:  # the log shows where it went wrong; resume truncates it
-            _write_log(self.log_path, [*self.log, {"step": step, "loss": None, "lr": lr}])
+            write_jsonl(self.log_path, [*self.log, {"step": step, "loss": None, "lr": lr}])
         raise self._diverged(loss_value, step)
 
     def _optimizer_step(self, step: int) -> None:
@@ -418,8 +419,8 @@ class Trainer:
         if self.rank == 0:
             # The log first: a kill between the two leaves a log that the resume truncates to
             # the older checkpoint, never a checkpoint whose log lines are missing.
-            _write_log(self.log_path, self.log)
-            _write_log(self.curve_path, self.curve)
+            write_jsonl(self.log_path, self.log)
+            write_jsonl(self.curve_path, self.curve)
             write_checkpoint(
                 self.checkpoint_path,
                 step=self.step,
