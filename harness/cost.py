@@ -102,10 +102,11 @@ def run_work(cfg: RunConfig, sizes: BenchmarkSizes, world: int) -> RunWork:
     trains = cfg.method != "none"
     steps = (total_steps_for(cfg.train) or 0) if trains else 0
     mc = cfg.method_config
-    passes, negatives = 0, 0
+    passes, negatives, per_pass = 0, 0, sizes.training
     if cfg.method == "qk":
         passes = math.ceil(steps / mc.phase_steps)
         negatives = mc.num_negatives or sizes.training
+        per_pass = min(negatives, sizes.training)  # a phase start encodes its negatives alone
     elif cfg.method == "membank" and mc.bank_init == "encoder":
         passes = 1
     points = 0
@@ -123,7 +124,7 @@ def run_work(cfg: RunConfig, sizes: BenchmarkSizes, world: int) -> RunWork:
         images_seen=steps * cfg.train.batch_size,
         negatives=negatives,
         cache_passes=passes,
-        cache_images=passes * sizes.training,
+        cache_images=passes * per_pass,
         validation_points=points,
         validation_images=points * (val_q + val_r),
         extract_images=sizes.queries + sizes.references + sizes.training,

@@ -36,16 +36,19 @@ def encode_dataset(
     progress: bool,
     rank: int = 0,
     world_size: int = 1,
+    indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`fn` over the `(image, index, id)` items of `dataset`, outputs stacked in index order in
-    the dtype `fn` returns (QK's fp16/bf16 cache is never held in float32 whole). Item i is
-    computed under a seed derived from (`seed`, `seed_key`, i). Under multi-process training the
-    batches are shared among the ranks and gathered (harness/sharding.py): every rank gets every
-    row, equal to a one-process pass."""
-    n = len(dataset)
-    seeds = encode_seeds(seed, seed_key, n)
+    """`fn` over the `(image, index, id)` items of `dataset` (or only those at the sorted
+    `indices`), outputs stacked in that order in the dtype `fn` returns (QK's fp16/bf16 cache is
+    never held in float32 whole). Item i is computed under a seed derived from (`seed`,
+    `seed_key`, i) whichever items the pass covers, so a subset's row for item i equals the full
+    pass's. Under multi-process training the batches are shared among the ranks and gathered
+    (harness/sharding.py): every rank gets every row, equal to a one-process pass."""
+    seeds = encode_seeds(seed, seed_key, len(dataset))
+    items = range(len(dataset)) if indices is None else [int(i) for i in indices]
+    n = len(items)
     mine = my_indices(n, batch_size, rank, world_size)
-    keys = [(i, int(seeds[i])) for i in mine]
+    keys = [(items[j], int(seeds[items[j]])) for j in mine]
     loader = DataLoader(
         SeededItems(dataset),
         batch_size=batch_size,

@@ -411,6 +411,7 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
                 "loader_workers": loader_workers(cfg.data.workers, "data.workers"),
             },
             **_curve_block(cfg, result.curve),
+            **({"method_costs": costs} if (costs := method.costs()) else {}),
         },
         # A resumed run's wall-clock adds the earlier processes' (up to their last checkpoint).
         earlier_timings=None

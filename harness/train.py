@@ -159,11 +159,13 @@ class Trainer:
         *,
         batch_size: int | None = None,
         seed_key: int = 0,
+        indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """`fn` over every training image, batched and without grad; outputs stacked in index order.
-        `view="augmented"` uses one view of the training preset, each image augmented under a seed
-        derived from (run seed, `seed_key`, index): pass e.g. the phase number as `seed_key` so a
-        resumed run recomputes exactly the same features."""
+        """`fn` over every training image (or the sorted `indices` alone), batched and without
+        grad; outputs stacked in index order. `view="augmented"` uses one view of the training
+        preset, each image augmented under a seed derived from (run seed, `seed_key`, index):
+        pass e.g. the phase number as `seed_key` so a resumed run recomputes exactly the same
+        features."""
         if view not in ("clean", "augmented"):
             raise ValueError(f"view must be 'clean' or 'augmented', got {view!r}")
         return encode_dataset(
@@ -180,6 +182,7 @@ class Trainer:
             progress=self.progress and self.rank == 0,
             rank=self.rank,
             world_size=self.world_size,
+            indices=indices,
         )
 
     # --- the loop -----------------------------------------------------------------------------

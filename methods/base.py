@@ -78,10 +78,11 @@ class TrainBatch:
 class TrainContext:
     """Services the trainer offers to methods at hook time."""
 
-    # encode_training_set(fn, view="clean"|"augmented", *, batch_size=None, seed_key=0) runs `fn`
-    # on every training image (batched, no grad, eval-mode transform for "clean", the training
-    # preset's first view for "augmented", seeded by `seed_key`), returns the outputs stacked in
-    # index order. `fn` sets its own modules' train/eval mode.
+    # encode_training_set(fn, view="clean"|"augmented", *, batch_size=None, seed_key=0,
+    # indices=None) runs `fn` on every training image, or on the sorted `indices` alone (batched,
+    # no grad, eval-mode transform for "clean", the training preset's first view for
+    # "augmented", seeded by `seed_key` and the index), returns the outputs stacked in index
+    # order. `fn` sets its own modules' train/eval mode.
     encode_training_set: Callable[..., torch.Tensor]
     total_steps: int
     progress: bool = True
@@ -141,6 +142,11 @@ class Method(nn.Module):
         stored entries are from what the key side would compute for the same inputs now, as
         {"consistency": mean cosine, "negative_age": mean age in steps, ...}; see
         methods/staleness.py. None: every negative is computed in the step that uses it."""
+        return None
+
+    def costs(self) -> dict | None:
+        """What the method's own stored state costs, for the record (e.g. QK's cache bytes and
+        phase-start seconds); None when there is nothing beyond the training step."""
         return None
 
     def trains(self) -> bool:

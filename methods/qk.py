@@ -25,17 +25,23 @@ each such choice is a config option (see QKConfig):
   5k-image set does), and over each chunk of `chunk_size` rows beyond that, like BatchNorm over
   mini-batches.
 - `num_negatives` < training-set size draws a random subset per phase (from the run seed and the phase);
-  positives then come from the frozen side on the batch's clean images, and an image of the batch
-  that is also in the subset appears among its own negatives (probability N / training-set size).
+  only the subset is encoded at the phase start (10k negatives of DISC21's 1M cost 1% of a full
+  pass); positives then come from the frozen side on the batch's clean images, and an image of the
+  batch that is also in the subset appears among its own negatives (probability N / training-set
+  size).
 - Under multi-process training the ranks share the cache pass batch by batch and gather it
   (harness/sharding.py), so the cache is bit-identical everywhere and equal to one process's;
   gradients need no gather (each loss sees all N keys).
+- `costs()` gives the record the cache's rows, width, dtype and bytes, and each phase start's
+  seconds with their mean amortized over `phase_steps` (the phase starts of this process: a
+  resumed run counts those since the resume).
 - At evaluation (`describe_mode`): "query" (default) or "key" embeds both with one model;
   "asymmetric" embeds queries with Q and references with K.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -148,6 +154,7 @@ class QKIteration(Method):
         self.register_buffer("cache", torch.empty(0), persistent=False)
         self.register_buffer("cache_rows", torch.empty(0, dtype=torch.long), persistent=False)
         self.cache_phase: int | None = None  # the phase the cache belongs to
+        self.phase_start_seconds: list[float] = []  # this process's, for costs()
 
     # --- phases -------------------------------------------------------------------------------
     def phase_of(self, step: int) -> int:
@@ -194,20 +201,24 @@ class QKIteration(Method):
             _check_cache_range(features, dtype)
             return features.to(dtype)
 
+        started = time.perf_counter()
+        rows = self._negative_rows(phase)
+        subset = len(rows) < self.context.num_train_images
         # seed_key=phase: an augmented-view cache is the same when a resumed run recomputes it.
         cache = ctx.encode_training_set(
             encode,
             view=self.config.cache_view,
             batch_size=self.config.cache_batch_size,
             seed_key=phase,
+            indices=rows if subset else None,
         )
-        rows = self._negative_rows(phase).to(cache.device)
-        if len(rows) < self.context.num_train_images:
-            cache = cache[rows]
         self.cache = cache.to(dtype).contiguous()  # every rank holds all rows (the pass gathers)
-        self.cache_rows = rows
+        self.cache_rows = rows.to(cache.device)
         self.cache_phase = phase
         self.train(was_training)
+        if self.cache.is_cuda:
+            torch.cuda.synchronize(self.cache.device)
+        self.phase_start_seconds.append(time.perf_counter() - started)
 
     def _negative_rows(self, phase: int) -> torch.Tensor:
         total = self.context.num_train_images
@@ -291,6 +302,29 @@ class QKIteration(Method):
         use_query = mode == "query" or (mode == "asymmetric" and role == "query")
         encoder = self.query if use_query else self.key
         return encoder(images).float()
+
+    def costs(self) -> dict | None:
+        if self.cache_phase is None:
+            return None
+        seconds = self.phase_start_seconds
+        mean = sum(seconds) / len(seconds) if seconds else None
+        width = self.cache.shape[1] if self.cache.dim() == 2 else 0
+        return {
+            "cache": {
+                "rows": len(self.cache_rows),
+                "width": width,
+                "dtype": self.config.cache_dtype,
+                "bytes": self.cache.numel() * self.cache.element_size(),
+            },
+            "phase_starts": {
+                "count": len(seconds),
+                "seconds": [round(s, 3) for s in seconds],
+                "mean_seconds": mean,
+                "per_step_seconds": None if mean is None else mean / self.config.phase_steps,
+                "images_per_s": None if not mean else len(self.cache_rows) / mean,
+                "note": "this process's phase starts (a resumed run counts those since the resume)",
+            },
+        }
 
     def negatives_per_step(self, batch_size: int | None = None) -> int:
         n = self.config.num_negatives or self.context.num_train_images

@@ -38,6 +38,9 @@ def test_rows_cover_every_case_with_positive_finite_figures(monkeypatch):
         assert row["checkpoint_per_step_s"] > 0
     # The phase start is amortized on top of QK's step, so it can only lower the figure.
     assert train["qk"]["images_per_s_with_phase_start"] < train["qk"]["images_per_s"]
+    (phase,) = [row for row in rows if row["case"] == "qk phase start"]
+    assert phase["cache_dtype"] == "fp32" and phase["cache_mb"] > 0
+    assert phase["cache_mb_1M_bf16"] == pytest.approx(phase["cache_mb_1M_fp32"] / 2)
     (extract,) = [row for row in rows if row["case"] == "extract"]
     assert extract["met"] == (extract["ratio"] >= methods_bench.EXTRACT_TARGET)
 

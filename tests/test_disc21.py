@@ -230,6 +230,9 @@ def test_estimate_arithmetic_per_stage(workspace):
     units = 50_000 * 1_000_000 * 256 * 2 + 50_000 * 1_000_000 * 256 + 21 * 5_000 * 50_000 * 256
     assert est.search == pytest.approx(units * 1e-12)
     assert est.qk_loss_extrapolated
+    # With 10k of the 1M negatives, a phase start encodes those 10k alone.
+    subset = resolve_config("qk", config_path=PROTOCOL, overrides=["qk.num_negatives=10000"])
+    assert run_work(subset, DISC21, world=8).cache_images == 5 * 10_000
 
 
 def test_dry_run_with_a_calibration_prints_times_gpu_hours_and_totals(workspace, capsys):

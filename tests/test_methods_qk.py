@@ -118,6 +118,27 @@ def test_subsampled_negatives_use_a_fixed_subset_per_phase_and_clean_positives()
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-5)
     method.on_step_end(trainer.ctx, 0)
     assert not torch.equal(method.cache_rows, rows)  # a new subset for the new phase
+    assert trainer.encoded_rows == [10, 10]  # each phase start encodes its subset alone
+
+
+def test_costs_give_the_cache_bytes_by_dtype_and_each_phase_start():
+    data = images(N_TRAIN)
+    sizes = {}
+    for dtype, width in (("fp32", 4), ("fp16", 2), ("bf16", 2)):
+        method = build("qk", QKConfig(cache_dtype=dtype, phase_steps=2))
+        assert method.costs() is None  # no phase started yet
+        trainer = FakeTrainer(data, total_steps=4)
+        method.on_train_start(trainer.ctx, 0)
+        method.on_step_end(trainer.ctx, 1)  # step 2 starts phase 1
+        costs = method.costs()
+        cache = costs["cache"]
+        assert cache["rows"] == N_TRAIN and cache["dtype"] == dtype
+        assert cache["bytes"] == N_TRAIN * cache["width"] * width
+        starts = costs["phase_starts"]
+        assert starts["count"] == 2 and len(starts["seconds"]) == 2
+        assert starts["per_step_seconds"] == pytest.approx(starts["mean_seconds"] / 2)
+        sizes[dtype] = cache["bytes"]
+    assert sizes["fp16"] == sizes["bf16"] == sizes["fp32"] // 2
 
 
 @pytest.mark.parametrize("cache_dtype", ["fp16", "bf16"])

@@ -76,13 +76,17 @@ class FakeTrainer:
     def __init__(self, data: torch.Tensor, total_steps: int):
         self.data = data
         self.encode_calls: list[str] = []
+        self.encoded_rows: list[int] = []  # images each pass encoded
         self.ctx = TrainContext(
             encode_training_set=self.encode, total_steps=total_steps, progress=False
         )
 
-    def encode(self, fn, view="clean", batch_size=None, seed_key=0):
+    def encode(self, fn, view="clean", batch_size=None, seed_key=0, indices=None):
         self.encode_calls.append(view)
         source = self.data if view == "clean" else augment(self.data, -1 - seed_key)
+        if indices is not None:
+            source = source[indices]
+        self.encoded_rows.append(len(source))
         size = batch_size or 5  # deliberately not dividing the set
         with torch.no_grad():
             return torch.cat([fn(source[i : i + size]) for i in range(0, len(source), size)])

@@ -79,6 +79,10 @@ def test_smoke_run_writes_a_complete_record(tiny_benchmark, tmp_path):
         "resumed_from": None,
     }
     assert record["negatives_per_step"] == 59  # QK: every other training image
+    costs = record["method_costs"]  # 4 steps at phase_steps=2: two phase starts
+    assert costs["cache"]["rows"] == 60 and costs["cache"]["dtype"] == "fp32"
+    assert costs["cache"]["bytes"] == 60 * costs["cache"]["width"] * 4
+    assert costs["phase_starts"]["count"] == 2 and costs["phase_starts"]["mean_seconds"] > 0
     assert set(record["timings"]) >= {"train", "extract", "search", "metrics", "total"}
     assert record["peak_memory_mb"]["cpu_rss"] > 0 and record["peak_memory_mb"]["cuda"] is None
     assert record["versions"]["torch"] and record["versions"]["faiss"]

@@ -15,6 +15,7 @@ from conftest import free_port, tiny_run_overrides
 from harness.sharding import batch_bounds, my_indices
 
 N, BATCH = 23, 4  # 6 batches, the last one short: ranks get 3 batches each, one of them short
+SUBSET = [0, 2, 3, 7, 11, 12, 13, 19, 22]  # 3 batches of a subset pass, the last one short
 
 
 def test_batches_go_round_robin_and_cover_every_index_once():
@@ -52,6 +53,34 @@ def _passes(benchmark: str, rank: int, world_size: int) -> dict:
         shared=True,
     )
 
+    def eval_mode(images):
+        method.encoder.eval()
+        return method.encoder(images)
+
+    def eval_pass(indices=None, rank=rank, world_size=world_size):
+        return encode_dataset(
+            data.train_data.augmented,
+            eval_mode,
+            seed=0,
+            seed_key=3,
+            batch_size=BATCH,
+            num_workers=0,
+            device=torch.device("cpu"),
+            channels_last=False,
+            amp_dtype=None,
+            desc="",
+            progress=False,
+            rank=rank,
+            world_size=world_size,
+            indices=indices,
+        )
+
+    # Before the train-mode pass: it moves each rank's BatchNorm running statistics by that
+    # rank's batches only.
+    # QK's cache pass over a subset of negatives (qk.num_negatives): only those are encoded.
+    subset = eval_pass(torch.tensor(SUBSET))
+    full_eval = eval_pass(rank=0, world_size=1) if world_size == 1 else None
+
     def train_mode(images):
         method.encoder.train()
         return method.encoder(images)
@@ -71,7 +100,14 @@ def _passes(benchmark: str, rank: int, world_size: int) -> dict:
         rank=rank,
         world_size=world_size,
     )
-    return {"ids": list(references.ids), "references": references.features, "encoded": encoded}
+
+    return {
+        "ids": list(references.ids),
+        "references": references.features,
+        "encoded": encoded,
+        "subset": subset,
+        "full_eval": full_eval,
+    }
 
 
 def _worker(rank: int, world_size: int, port: int, benchmark: str, out_dir: str) -> None:
@@ -112,6 +148,10 @@ def test_two_ranks_describe_and_encode_exactly_as_one(sharding_benchmark, tmp_pa
         assert got["ids"] == single["ids"]
         assert (got["references"] == single["references"]).all()  # bit for bit
         assert torch.equal(got["encoded"], single["encoded"])
+        assert torch.equal(got["subset"], single["subset"])
+    # Each subset row is its item's row of a full pass: the same image under the same seed.
+    assert single["subset"].shape[0] == len(SUBSET)
+    torch.testing.assert_close(single["subset"], single["full_eval"][SUBSET], rtol=1e-4, atol=1e-5)
 
 
 def _run_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:

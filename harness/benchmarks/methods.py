@@ -14,7 +14,8 @@ Rows (same backbone, batch and input size for every method; the protocol's resne
   strictest reading of "overhead"). Target: harness <= 1.10x the bare step time.
 - `qk phase start`: encoding the negative set at a phase start (`on_train_start`, through the
   trainer's `encode_training_set`), next to a bare no-grad forward of the frozen backbone over the
-  same number of preloaded images, and amortized per step over `qk.phase_steps`.
+  same number of preloaded images, and amortized per step over `qk.phase_steps`; with the cache's
+  memory (its dtype's, measured) and what 1M rows of its width take in fp32 and in bf16/fp16.
 - `train (dataloader)`: the trainer fed from JPEG files with the protocol's augmentation preset and
   DataLoader workers, next to the same trainer on preloaded tensors, round by round (how much
   decoding and the copy-edit augmentations cost on this machine); the steps served by the
@@ -319,6 +320,7 @@ def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
         ours.append(timed(lambda: method.on_train_start(context, 0))[1])
         bare.append(timed(bare_forward)[1])
     seconds, reference = statistics.median(ours), statistics.median(bare)
+    cache = method.costs()["cache"]
     return {
         "case": "qk phase start",
         "method": "qk",
@@ -329,6 +331,13 @@ def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
         "reference_seconds": reference,
         "per_step_s": seconds / cfg.method_config.phase_steps,
         "negatives": setting.n_train,
+        "cache_dtype": cache["dtype"],
+        "cache_mb": cache["bytes"] / 2**20,
+        # The cache is rows x feature width x bytes per value: DISC21's 1M rows in each dtype.
+        **{
+            f"cache_mb_1M_{dtype}": 1_000_000 * cache["width"] * size / 2**20
+            for dtype, size in (("fp32", 4), ("bf16", 2))
+        },
         "reference": f"bare no-grad backbone forward, amortized over {cfg.method_config.phase_steps} steps",
     }
 
