@@ -357,3 +357,15 @@ def test_without_skipped_drops_the_pairs_of_skipped_queries_and_references(tmp_p
     fewer = without_skipped(gt, {"Q00001"}, {"R000003"})
     assert sorted(fewer.queries.tolist()) == ["Q00000", "Q00002", "Q00003"]
     assert fewer.query.tolist() == [] and fewer.reference.tolist() == []  # Q00000: a distractor
+
+
+def test_a_skipped_image_leaves_the_metadata_in_agreement(tmp_path):
+    """The metadata lists the file's pairs: one dropped with a skipped image is still among them
+    (a run with data.skip_bad_images and a zero-byte reference used to stop here)."""
+    root = make_benchmark(tmp_path / "b")
+    rows = "query_id,reference_id,source_id,edits\nQ00000,R000003,R000003,crop\n"
+    (root / "metadata.csv").write_text(rows + "Q00001,R000000,R000000,blur\nQ00002,,D000002,jpeg\n")
+    (root / "references" / "R000003.png").write_bytes(b"")
+    bench = load_benchmark(root, skip_bad_images=True, check_images=False)
+    assert bench.ground_truth.query.tolist() == ["Q00001"]
+    assert "Q00000" in bench.ground_truth.queries  # a distractor now

@@ -342,12 +342,13 @@ def load_benchmark(
             progress=progress,
         )
         skipped += bad
-    gt = read_ground_truth(gt_path)
-    gt = _check_ground_truth(gt, gt_path, sets, skipped)
+    as_written = read_ground_truth(gt_path)
+    gt = _check_ground_truth(as_written, gt_path, sets, skipped)
     metadata = None
     if (root / METADATA_FILE).is_file():
         metadata = read_metadata(root / METADATA_FILE)
-        _check_metadata(metadata, root / METADATA_FILE, gt, gt_path)
+        # Against the file's pairs: a pair dropped with a skipped image is still the metadata's.
+        _check_metadata(metadata, root / METADATA_FILE, as_written, gt_path)
     queries = sets["queries"]
     listed = set(gt.queries.tolist())
     keep = [i for i, query in enumerate(queries.ids) if query in listed]
