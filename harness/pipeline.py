@@ -273,7 +273,7 @@ def _extract(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, pr
     return descriptors
 
 
-def described_ground_truth(gt, benchmark, descriptors):
+def _described_ground_truth(gt, benchmark, descriptors):
     """`gt` without the rows of queries and references skipped while decoding (they have no
     descriptor), as the listing's check drops those of files it skipped."""
     from harness.data.layout import without_skipped
@@ -445,7 +445,7 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
         descriptors = _extract(method, data, cfg, run_dir, device, progress and rank == 0)
     if rank != 0:  # rank 0 alone searches, scores and writes the record
         return {}
-    gt = described_ground_truth(benchmark.ground_truth, benchmark, descriptors)
+    gt = _described_ground_truth(benchmark.ground_truth, benchmark, descriptors)
     scores = _score(descriptors, gt, cfg, score_norm, run_dir, clock, progress)
     if data.skip_log is not None and data.skip_log.is_file():
         scores.files["skipped_images"] = SKIPPED_IMAGES_FILE
