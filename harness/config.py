@@ -42,9 +42,10 @@ class DataConfig:
         "synthetic"  # "synthetic" (the generated mini-DISC, cached) or a benchmark directory
     )
     synth: dict[str, Any] = field(default_factory=dict)  # overrides of harness.data.SynthParams
-    skip_bad_images: bool = (
-        False  # skip unreadable images (listed in the record) instead of failing
-    )
+    # Skip bad images met while decoding instead of failing: a query or reference gets no
+    # descriptor (its ground-truth rows are dropped), a training image is replaced by the next good
+    # one; listed in the run's skipped_images.tsv, counted in the record (docs/data.md).
+    skip_bad_images: bool = False
     workers: int = 2  # DataLoader workers for descriptor extraction
     # JPEG decoding at reduced scale (libjpeg's 1/2, 1/4, 1/8) down to the smallest scale that
     # still has the pixels the transform uses: model.image_size a side for descriptors, and for

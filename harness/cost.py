@@ -14,8 +14,9 @@ The model, stage by stage (each a stage of harness/pipeline.py), for a job of `w
 - validation: rank 0 alone, at extraction's images/s, the other GPUs waiting.
 - search: rank 0, queries x references x dimension at the bench's search rate (the normalized row
   adds queries x training images); left out without `search` rows.
-Not modelled: process start, listing the benchmark and checking its image headers (on every
-process), building the model, and a resumed run's repeated work since its last checkpoint.
+Not modelled: process start, listing the benchmark (one directory scan per split on every process;
+no image is opened until it is decoded, docs/data.md), building the model, and a resumed run's
+repeated work since its last checkpoint.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def _notes(
     if cal.search_s_per_unit is None:
         notes.append("search: not estimated (the calibration has no `search` rows)")
     notes.append(
-        "not estimated: process start, listing and checking the benchmark, building the model, work redone "
-        "after a requeue, queueing"
+        "not estimated: process start, listing the benchmark, building the model, work redone after a "
+        "requeue, queueing"
     )
     return notes

@@ -8,12 +8,35 @@ paths, not from a bug. An OSError without a file name still shows its traceback.
 
 import errno
 import os
+import re
 
 
 class HarnessError(Exception):
     """A problem with the user's input or environment, explained in the message."""
 
     exit_code = 2
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (_unwrap_worker_message(type(self), args[0]),)
+        super().__init__(*args)
+
+
+# torch re-raises an exception of a DataLoader worker process in the main process as
+# `exc_type("Caught <Name> in DataLoader worker process <k>.\nOriginal Traceback ...")`
+# (torch.utils.data's ExceptionWrapper.reraise): the same type, but the worker's whole traceback as
+# its message. Only the type and that text cross the process boundary, so the original message is
+# taken back from the traceback's last line(s), `<module>.<Name>: <message>`: a bad image met by a
+# worker is then the one line it is when met in the main process (tests/test_data_layout.py).
+_WORKER_PREFIX = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def _unwrap_worker_message(kind: type, message: str) -> str:
+    if not _WORKER_PREFIX.match(message):
+        return message
+    marker = f"\n{kind.__module__}.{kind.__qualname__}: "
+    at = message.rfind(marker)
+    return message if at < 0 else message[at + len(marker) :].rstrip("\n")
 
 
 class InputError(HarnessError):

@@ -42,6 +42,7 @@ from harness.run_dir import (
     PR_CURVE_FILE,
     PREDICTIONS_FILE,
     RECORD_FILENAME,
+    SKIPPED_IMAGES_FILE,
     load_run_config,
     run_is_finished,
 )
@@ -84,11 +85,24 @@ class LoadedData:
     benchmark: Any  # harness.data.Benchmark
     augmentation: dict[str, Any]  # the preset's full parameter list
     train_data: TrainData
+    # The run's skipped-images file (data.skip_bad_images; None: skips are not recorded).
+    skip_log: Path | None = None
 
 
-def load_data(cfg: RunConfig) -> LoadedData:
+def load_data(cfg: RunConfig, run_dir: Path | None = None) -> LoadedData:
+    """The benchmark, listed without opening an image, and the training datasets.
+
+    A run does not check every image header when it starts (on DISC21 that is an open per file,
+    2M of them, on every job start and every rank; `data check` does it once): the datasets check
+    each image as they decode it (harness/data/datasets.py). Skip off, the first bad image fails
+    the run, naming the file. Skip on (`data.skip_bad_images`), a bad query or reference gets no
+    descriptor (its ground-truth rows are dropped after extraction) and a bad training image is
+    replaced by the next good one; each skipped file is a line of `run_dir`'s skipped-images file,
+    whose unique paths the record counts. Files skipped while listing (zero-byte files, seen by
+    the directory scan) are written there now."""
     from harness.augment import build_preset, eval_transform, training_source_side
     from harness.data import ImageDataset, TrainingDataset, load_benchmark
+    from harness.data.layout import MIN_TRAINING_SIDE, append_skipped
     from harness.data.synth import SynthParams, resolve_data
 
     synth_params = None
@@ -98,9 +112,15 @@ def load_data(cfg: RunConfig) -> LoadedData:
         except TypeError as err:
             raise ConfigError(f"data.synth: {err}") from None
     root = resolve_data(cfg.data.spec, synth_params=synth_params)
-    benchmark = load_benchmark(root, skip_bad_images=cfg.data.skip_bad_images)
+    benchmark = load_benchmark(root, skip_bad_images=cfg.data.skip_bad_images, check_images=False)
     if len(benchmark.training) == 0:
         raise ConfigError(f"{root}: the benchmark has no training images; every method needs some")
+    skip_log = None
+    if cfg.data.skip_bad_images and run_dir is not None:
+        skip_log = Path(run_dir) / SKIPPED_IMAGES_FILE
+        if dist_info()[0] == 0:
+            for path, reason in benchmark.skipped:
+                append_skipped(skip_log, path, reason)
     preset = build_preset(cfg.augment.preset, cfg.model.image_size, cfg.augment.overrides)
     clean = eval_transform(cfg.model.image_size)
     training = benchmark.training
@@ -108,14 +128,26 @@ def load_data(cfg: RunConfig) -> LoadedData:
     if cfg.data.decode == "draft":
         clean_side = cfg.model.image_size
         view_side = training_source_side(preset.params, cfg.model.image_size)
+    # The three datasets over the training set share the size check and the substitution, so a
+    # bad image's index holds the same substitute in the stream, QK's cache and the memory bank.
+    bad = {
+        "min_side": MIN_TRAINING_SIDE,
+        "bad_images": "substitute" if cfg.data.skip_bad_images else "fail",
+        "skip_log": skip_log,
+    }
     train_data = TrainData(
         stream=TrainingDataset(
-            training, preset.transform, clean, n_views=cfg.train.n_views, draft_side=view_side
+            training,
+            preset.transform,
+            clean,
+            n_views=cfg.train.n_views,
+            draft_side=view_side,
+            **bad,
         ),
-        clean=ImageDataset(training, clean, draft_side=clean_side),
-        augmented=ImageDataset(training, preset.transform, draft_side=view_side),
+        clean=ImageDataset(training, clean, draft_side=clean_side, **bad),
+        augmented=ImageDataset(training, preset.transform, draft_side=view_side, **bad),
     )
-    return LoadedData(benchmark, preset.params, train_data)
+    return LoadedData(benchmark, preset.params, train_data, skip_log)
 
 
 def build_method(cfg: RunConfig, n_training: int, device: torch.device):
@@ -173,12 +205,14 @@ def _score_normalization(cfg: RunConfig, n_training: int):
     )
 
 
-def _monitors(cfg: RunConfig, benchmark, device) -> Monitors:
+def _monitors(cfg: RunConfig, data: LoadedData, device) -> Monitors:
     """What the trainer measures as it goes (harness/monitor.py), from the eval/train config."""
     validate = None
     if cfg.eval.every is not None:
-        split = validation_split(benchmark, cfg.eval.val_queries, cfg.eval.val_references, cfg.seed)
-        validate = Validator(split, cfg, device)
+        split = validation_split(
+            data.benchmark, cfg.eval.val_queries, cfg.eval.val_references, cfg.seed
+        )
+        validate = Validator(split, cfg, device, skip_log=data.skip_log)
     return Monitors(
         validate=validate,
         validate_every=cfg.eval.every,
@@ -191,7 +225,7 @@ def _monitors(cfg: RunConfig, benchmark, device) -> Monitors:
 def _train(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, progress: bool):
     """Train (or resume) the method; a method that does not train gets an empty log and, with
     validation on, its one point."""
-    monitors = _monitors(cfg, data.benchmark, device)
+    monitors = _monitors(cfg, data, device)
     if method.trains():
         return train(
             method,
@@ -215,26 +249,57 @@ def _train(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, prog
     return TrainResult(steps=0, images_seen=0, train_seconds=0.0, negatives_per_step=0, curve=curve)
 
 
-def _extract(method, benchmark, cfg: RunConfig, run_dir: Path, device, progress: bool):
-    """Descriptors of every split, written to the run's descriptors file."""
+def _extract(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, progress: bool):
+    """Descriptors of every split, written to the run's descriptors file (a split's images skipped
+    as bad have none)."""
     from harness.isc import write_descriptors
 
     descriptors = {
         name: extract_descriptors(
             method,
-            getattr(benchmark, images),
+            getattr(data.benchmark, images),
             role,
             cfg,
             device,
             split=images,
             progress=progress,
             shared=True,
+            skip_log=data.skip_log,
         )
         for name, images, role in SPLITS
     }
     if dist_info()[0] == 0:
         write_descriptors(run_dir / DESCRIPTORS_FILE, **descriptors)
     return descriptors
+
+
+def _described_ground_truth(gt, benchmark, descriptors):
+    """`gt` without the rows of queries and references skipped while decoding (they have no
+    descriptor), as the listing's check drops those of files it skipped."""
+    from harness.data.layout import without_skipped
+
+    return without_skipped(
+        gt,
+        set(benchmark.queries.ids) - set(descriptors["query"].ids.tolist()),
+        set(benchmark.references.ids) - set(descriptors["reference"].ids.tolist()),
+    )
+
+
+def _benchmark_block(benchmark, descriptors, gt, skip_log: Path | None) -> dict[str, Any]:
+    """The record's benchmark block: the queries and references described (those skipped while
+    decoding left out), the ground truth scored, and the images skipped (unique paths of the
+    skipped-images file: at listing and while decoding, on every rank and every resumed start).
+    `n_training` stays the listed count: a bad training image's index is trained on, with its
+    substitute's pixels."""
+    from harness.data.layout import read_skipped
+
+    block = benchmark.summary()
+    block["n_queries"] = len(descriptors["query"].ids)
+    block["n_references"] = len(descriptors["reference"].ids)
+    block["n_gt"] = len(gt.query)
+    if skip_log is not None:
+        block["skipped_images"] = len(read_skipped(skip_log))
+    return block
 
 
 @dataclass
@@ -369,7 +434,7 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
     resources = apply_thread_budget(cfg.train.threads)
 
     with clock("data"):
-        data = load_data(cfg)
+        data = load_data(cfg, run_dir)
     benchmark = data.benchmark
     method = build_method(cfg, len(benchmark.training), device)
     score_norm = _score_normalization(cfg, len(benchmark.training))
@@ -377,15 +442,18 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
         result = _train(method, data, cfg, run_dir, device, progress)
     rank, _ = dist_info()
     with clock("extract"):  # every rank describes its share; rank 0 writes the file
-        descriptors = _extract(method, benchmark, cfg, run_dir, device, progress and rank == 0)
+        descriptors = _extract(method, data, cfg, run_dir, device, progress and rank == 0)
     if rank != 0:  # rank 0 alone searches, scores and writes the record
         return {}
-    scores = _score(descriptors, benchmark.ground_truth, cfg, score_norm, run_dir, clock, progress)
+    gt = _described_ground_truth(benchmark.ground_truth, benchmark, descriptors)
+    scores = _score(descriptors, gt, cfg, score_norm, run_dir, clock, progress)
+    if data.skip_log is not None and data.skip_log.is_file():
+        scores.files["skipped_images"] = SKIPPED_IMAGES_FILE
 
     timings = {**clock.seconds, "total": time.perf_counter() - started}
     record = build_record(
         config=config_to_dict(cfg),
-        benchmark=benchmark.summary(),
+        benchmark=_benchmark_block(benchmark, descriptors, gt, data.skip_log),
         weights=loaded_weights(method),
         augmentation=data.augmentation,
         device=device_description(device),

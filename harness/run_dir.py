@@ -11,6 +11,8 @@
   predictions.csv             query_id,reference_id,score (raw descriptors)
   predictions_normalized.csv  the same after score normalization, when it ran
   pr_curve.npz                precision/recall curves
+  skipped_images.tsv          path<TAB>reason of each bad image skipped (data.skip_bad_images);
+                              appended by every process, a path may repeat: count unique paths
   .lock                       flock held by the one process running the run
   launch.json                 how the run was submitted (submitit launchers only)
   slurm/, submitit/           submitit's logs and pickles (SLURM, local/debug launchers)
@@ -41,6 +43,7 @@ DESCRIPTORS_FILE = "descriptors.h5"
 PREDICTIONS_FILE = "predictions.csv"
 NORMALIZED_PREDICTIONS_FILE = "predictions_normalized.csv"
 PR_CURVE_FILE = "pr_curve.npz"
+SKIPPED_IMAGES_FILE = "skipped_images.tsv"  # harness.data.layout.append_skipped / read_skipped
 LOCK_FILE = ".lock"
 LAUNCH_FILE = "launch.json"
 SLURM_LOG_DIR = "slurm"

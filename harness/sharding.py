@@ -5,6 +5,8 @@ The split is cut into the batches one process would make, and batch b goes to ra
 size. Each batch therefore holds the same images as in a one-process run (so BatchNorm in train
 mode sees the same batch statistics) and the gathered result equals the one-process result. Every
 rank ends with all rows, in index order; one GPU no longer encodes 2M images while seven wait.
+Descriptor extraction may lose items (bad images skipped while decoding): `gather_kept` gathers the
+rows each rank kept, with their indices, instead of counting on whole batches.
 """
 
 from __future__ import annotations
@@ -55,3 +57,37 @@ def gather_in_order(
     if out.shape[0] != n:
         raise RuntimeError(f"gathered {out.shape[0]} rows of {n}")
     return out
+
+
+def gather_kept(
+    local: torch.Tensor | None, indices: torch.Tensor | None, rank: int, world_size: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """`gather_in_order` for a pass whose batches may lose items (bad images skipped while
+    decoding, harness/data/datasets.py): each rank's `local` rows come with their item `indices`
+    (None for a rank that kept none), and every rank gets all kept rows in index order with their
+    indices; (None, None) when no rank kept any. No rank can know the others' counts beforehand,
+    so they are exchanged first."""
+    if world_size == 1:
+        return local, indices
+    metas = [None] * world_size
+    meta = None if local is None else (tuple(local.shape[1:]), local.dtype, str(local.device))
+    dist.all_gather_object(metas, (meta, 0 if local is None else int(local.shape[0])))
+    if all(m is None for m, _ in metas):
+        return None, None
+    shape, dtype, device = next(m for m, _ in metas if m is not None)
+    counts = [count for _, count in metas]
+    if local is None:
+        local = torch.zeros((0, *shape), dtype=dtype, device=device)
+        indices = torch.zeros(0, dtype=torch.int64, device=device)
+    padded = local.new_zeros((max(counts), *local.shape[1:]))
+    padded[: counts[rank]] = local
+    padded_indices = torch.full((max(counts),), -1, dtype=torch.int64, device=local.device)
+    padded_indices[: counts[rank]] = indices.to(local.device, torch.int64)
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    index_parts = [torch.empty_like(padded_indices) for _ in range(world_size)]
+    dist.all_gather(parts, padded.contiguous())
+    dist.all_gather(index_parts, padded_indices)
+    rows = torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+    kept = torch.cat([part[:count] for part, count in zip(index_parts, counts, strict=True)])
+    order = torch.argsort(kept)
+    return rows[order], kept[order]

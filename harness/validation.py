@@ -85,27 +85,42 @@ class Validator:
     """Calling it with a method returns one curve point's metrics (the model's mode is the
     caller's to restore; harness/train.py does)."""
 
-    def __init__(self, split: ValidationSplit, cfg, device):
+    def __init__(self, split: ValidationSplit, cfg, device, skip_log=None):
         self.split = split
         self.cfg = cfg
         self.device = device
+        self.skip_log = skip_log  # the run's skipped-images file (data.skip_bad_images)
 
     def __call__(self, method) -> dict[str, float]:
+        from harness.data.layout import without_skipped
         from harness.describe import extract_descriptors
         from harness.isc import evaluate_descriptors
 
         started = time.perf_counter()
         query, reference = (
             extract_descriptors(
-                method, images, role, self.cfg, self.device, split=name, progress=False
+                method,
+                images,
+                role,
+                self.cfg,
+                self.device,
+                split=name,
+                progress=False,
+                skip_log=self.skip_log,
             )
             for name, images, role in (
                 ("validation queries", self.split.queries, "query"),
                 ("validation references", self.split.references, "reference"),
             )
         )
-        _, metrics = evaluate_descriptors(
+        # Images skipped as bad (data.skip_bad_images) have no descriptor: nor ground-truth rows.
+        gt = without_skipped(
             self.split.ground_truth,
+            set(self.split.queries.ids) - set(query.ids.tolist()),
+            set(self.split.references.ids) - set(reference.ids.tolist()),
+        )
+        _, metrics = evaluate_descriptors(
+            gt,
             query,
             reference,
             max_results=self.cfg.eval.max_results,

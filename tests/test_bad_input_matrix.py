@@ -82,6 +82,10 @@ class Case:
     name: str
     # Breaks the workspace and returns (argv, expected stderr with {bench}/{out}/{root}/{run} holes).
     setup: Callable[[Workspace], tuple[list[str], str]]
+    # A bad image a run meets only when it decodes it (the listing opens no image): the run may
+    # have trained and checkpointed by then, in its own directory, which the same command resumes
+    # once the file is fixed. `data check` finds these before anything runs.
+    met_while_decoding: bool = False
 
 
 def _corrupt(ws: Workspace):
@@ -89,7 +93,7 @@ def _corrupt(ws: Workspace):
     path.write_bytes(b"this is not a JPEG")
     return ws.run_args(), (
         f"error: {path}: does not decode (UnidentifiedImageError: cannot identify image file "
-        f"'{path}'); to skip bad files, pass --skip-bad-images (data check) or "
+        f"'{path}'); remove it, or to skip bad files, pass --skip-bad-images (data check) or "
         "--set data.skip_bad_images=true (run, sweep)"
     )
 
@@ -537,7 +541,7 @@ def _tiny_training_image(ws: Workspace):
     path = ws.first("training")
     Image.new("RGB", (1, 1), (90, 20, 200)).save(path, format="JPEG")
     return ws.run_args(), (
-        f"error: {path}: too small to train on (1x1 px; at least 16 a side); {_SKIP}"
+        f"error: {path}: too small to train on (1x1 px; at least 16 a side); remove it, or {_SKIP}"
     )
 
 
@@ -547,7 +551,7 @@ def _decompression_bomb(ws: Workspace):
     Image.new("1", (14_000, 14_000)).save(path, format="PNG")
     return ws.run_args(), (
         f"error: {path}: too large to decode safely (Image size (196000000 pixels) exceeds limit "
-        "of 178956970 pixels, could be decompression bomb DOS attack.); " + _SKIP
+        "of 178956970 pixels, could be decompression bomb DOS attack.); remove it, or " + _SKIP
     )
 
 
@@ -735,9 +739,9 @@ def _weights_and_pretrained(ws: Workspace):
 
 
 CASES = [
-    Case("corrupt image", _corrupt),
+    Case("corrupt image", _corrupt, met_while_decoding=True),
     Case("zero-byte image", _zero_byte),
-    Case("truncated image", _truncated),
+    Case("truncated image", _truncated, met_while_decoding=True),
     Case("missing split", _missing_split),
     Case("missing ground truth", _missing_ground_truth),
     Case("malformed ground-truth CSV", _malformed_gt),
@@ -780,8 +784,8 @@ CASES = [
     Case("descriptor ids not in UTF-8", _descriptor_ids_not_utf8),
     Case("negative PCA dimension", _negative_pca_dimension),
     Case("no negatives to subtract", _no_negatives),
-    Case("training image too small to augment", _tiny_training_image),
-    Case("decompression bomb", _decompression_bomb),
+    Case("training image too small to augment", _tiny_training_image, met_while_decoding=True),
+    Case("decompression bomb", _decompression_bomb, met_while_decoding=True),
     Case("config file not UTF-8", _config_not_utf8),
     Case("batch of one", _batch_of_one),
     Case("validation every 0 steps", _validation_every_zero),
@@ -835,7 +839,7 @@ def test_bad_input_exits_non_zero_with_the_exact_message_and_loses_nothing(case,
     assert "Traceback" not in err
     if case.name == "truncated image":  # the rest of the message is libjpeg's byte count
         assert err.startswith(expected) and err.endswith(
-            "to skip bad files, pass --skip-bad-images (data check) or "
+            "; remove it, or to skip bad files, pass --skip-bad-images (data check) or "
             "--set data.skip_bad_images=true (run, sweep)"
         ), err
     else:
@@ -843,6 +847,10 @@ def test_bad_input_exits_non_zero_with_the_exact_message_and_loses_nothing(case,
     after = _snapshot(workspace.root)
     assert {k: v for k, v in after.items() if k in before} == before, "an input was changed"
     added = set(after) - set(before)
+    if case.met_while_decoding:  # the run's own files, up to its last checkpoint; no record
+        run_files = {p for p in added if Path(p).parts[0] == "results" and len(Path(p).parts) > 2}
+        assert all(Path(p).name != "record.json" for p in run_files), run_files
+        added -= {p for p in run_files if Path(p).name not in ("config.yaml", ".lock")}
     # A rejected run may leave only the config of its new (unfinished, resumable) run directory
     # and the run directory's empty lock file.
     assert all(

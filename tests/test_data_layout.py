@@ -217,3 +217,155 @@ def test_queries_outside_the_ground_truth_are_left_out(tmp_path):
     bench = load_benchmark(root)
     assert bench.queries.ids == ["Q00000", "Q00001", "Q00002", "Q00003"]
     assert bench.unlisted_queries == 3 and bench.summary()["unlisted_queries"] == 3
+
+
+# --- Lazy checking: a run lists without opening images; the datasets check while decoding ------
+
+
+def _break(path: Path, kind: str) -> None:
+    if kind == "garbage":
+        path.write_bytes(b"this is not an image")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[:300])  # the header intact, the scan cut short
+    elif kind == "tiny":
+        Image.new("RGB", (12, 40), (90, 20, 200)).save(path, format="JPEG")
+    else:
+        raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated", "tiny"])
+def test_lazy_listing_lists_a_bad_image_and_the_dataset_names_it_when_decoding(tmp_path, kind):
+    root = make_benchmark(tmp_path / "b")
+    bad = root / "training" / "T000002.jpg"
+    _break(bad, kind)
+    with pytest.raises(InputError, match="T000002.jpg"):
+        load_benchmark(root)  # the full check (data check) finds it before anything runs
+    bench = load_benchmark(root, check_images=False)
+    assert bench.training.ids[2] == "T000002" and bench.skipped == []
+    dataset = TrainingDataset(
+        bench.training, eval_transform(16), eval_transform(16), min_side=16, bad_images="fail"
+    )
+    dataset[1]  # the others decode
+    with pytest.raises(InputError) as err:
+        dataset[2]
+    reason = "too small to train on (12x40 px" if kind == "tiny" else "does not decode ("
+    assert str(err.value).startswith(f"{bad}: {reason}")
+    assert str(err.value).endswith(
+        "; remove it, or to skip bad files, pass --skip-bad-images (data check) or "
+        "--set data.skip_bad_images=true (run, sweep)"
+    )
+    # The size rule is the training images' own: described as a query or reference, it is fine.
+    if kind == "tiny":
+        assert ImageDataset(bench.training, eval_transform(16))[2][2] == "T000002"
+
+
+def test_decompression_bomb_is_caught_while_decoding(tmp_path):
+    root = make_benchmark(tmp_path / "b")
+    (root / "references" / "R000001.png").unlink()
+    bomb = root / "references" / "R000001.png"
+    Image.new("1", (14_000, 14_000)).save(bomb, format="PNG")
+    bench = load_benchmark(root, check_images=False)
+    with pytest.raises(InputError, match=r"R000001.png: too large to decode safely \(Image size"):
+        ImageDataset(bench.references, eval_transform(16))[1]
+
+
+def test_a_bad_image_met_in_a_loader_worker_is_one_line_naming_it(tmp_path):
+    """torch re-raises a worker's exception with the worker's whole traceback as its message;
+    the user must still read the one line a main-process decode gives."""
+    root = make_benchmark(tmp_path / "b")
+    bench = load_benchmark(root, check_images=False)
+    bad = bench.references.paths[4]
+    bad.write_bytes(b"corrupted later")
+    dataset = ImageDataset(bench.references, eval_transform(16))
+    with pytest.raises(InputError) as direct:
+        dataset[4]
+    with pytest.raises(InputError) as from_worker:
+        for _ in DataLoader(dataset, batch_size=2, num_workers=1):
+            pass
+    assert str(from_worker.value) == str(direct.value)
+    assert "\n" not in str(from_worker.value) and "Traceback" not in str(from_worker.value)
+    assert str(direct.value).startswith(f"{bad}: does not decode (UnidentifiedImageError")
+
+
+def test_drop_leaves_bad_images_out_of_their_batch_and_logs_each_path(tmp_path):
+    from harness.data.datasets import collate_kept
+    from harness.data.layout import read_skipped
+
+    root = make_benchmark(tmp_path / "b")
+    bench = load_benchmark(root, check_images=False)
+    for i in (1, 2, 3):  # batch [0, 1] loses one item, batch [2, 3] all of them
+        bench.references.paths[i].write_bytes(b"garbage")
+    log = tmp_path / "run" / "skipped_images.tsv"
+    log.parent.mkdir()
+    options = {"bad_images": "drop", "skip_log": log}
+    assert ImageDataset(bench.references, eval_transform(16), **options)[1] is None
+    dataset = ImageDataset(bench.references, eval_transform(16), **options)
+    batches = list(DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_kept))
+    assert batches[1] is None
+    assert [b[1].tolist() for b in (batches[0], batches[2])] == [[0], [4, 5]]
+    # R000001 was met by the main process and by a worker: two lines, one path counted once.
+    skipped = read_skipped(log)
+    assert sorted(skipped) == [str(bench.references.paths[i]) for i in (1, 2, 3)]
+    assert all(reason.startswith("does not decode (") for reason in skipped.values())
+    assert len(log.read_text().splitlines()) == 4
+
+
+def test_substitute_puts_the_next_good_training_image_in_a_bad_ones_place(tmp_path):
+    root = make_benchmark(tmp_path / "b", n_train=6)
+    bench = load_benchmark(root, check_images=False)
+    paths = bench.training.paths
+    for i in (2, 3, 5):
+        _break(paths[i], "tiny" if i == 3 else "garbage")
+    clean = ImageDataset(bench.training, eval_transform(16))  # over the good images only
+    options = {"min_side": 16, "bad_images": "substitute", "skip_log": tmp_path / "skipped.tsv"}
+    stream = TrainingDataset(bench.training, eval_transform(16), eval_transform(16), **options)
+    cache = ImageDataset(bench.training, eval_transform(16), **options)
+    # 2 and 3 (in a row) take 4; the last one, 5, wraps around to 0. The slot keeps its index.
+    for index, substitute in ((2, 4), (3, 4), (5, 0), (1, 1)):
+        item = stream[index]
+        assert item["index"] == index and item["id"] == bench.training.ids[index]
+        assert torch.equal(item["clean"], clean[substitute][0])
+        image, cache_index, _ = cache[index]
+        assert cache_index == index and torch.equal(image, clean[substitute][0])
+    # A fresh dataset (another worker, a resumed run) picks the same substitutes.
+    again = TrainingDataset(bench.training, eval_transform(16), eval_transform(16), **options)
+    assert torch.equal(again[3]["clean"], stream[3]["clean"])
+    from harness.data.layout import read_skipped
+
+    assert sorted(read_skipped(tmp_path / "skipped.tsv")) == [str(paths[i]) for i in (2, 3, 5)]
+    # Under a DataLoader the batch keeps its size.
+    batch = next(iter(DataLoader(stream, batch_size=6, num_workers=1)))
+    assert batch["index"].tolist() == list(range(6)) and batch["clean"].shape[0] == 6
+
+
+def test_substitute_with_no_good_training_image_is_an_error(tmp_path):
+    root = make_benchmark(tmp_path / "b", n_train=3)
+    bench = load_benchmark(root, check_images=False)
+    for path in bench.training.paths:
+        path.write_bytes(b"garbage")
+    dataset = ImageDataset(bench.training, eval_transform(16), bad_images="substitute")
+    with pytest.raises(InputError, match="training: none of its 3 images can be used"):
+        dataset[0]
+
+
+def test_without_skipped_drops_the_pairs_of_skipped_queries_and_references(tmp_path):
+    from harness.data.layout import without_skipped
+
+    bench = load_benchmark(make_benchmark(tmp_path / "b"))
+    gt = bench.ground_truth  # Q00000-R000003, Q00001-R000000; Q00002, Q00003 distractors
+    assert without_skipped(gt, set(), set()) is gt
+    fewer = without_skipped(gt, {"Q00001"}, {"R000003"})
+    assert sorted(fewer.queries.tolist()) == ["Q00000", "Q00002", "Q00003"]
+    assert fewer.query.tolist() == [] and fewer.reference.tolist() == []  # Q00000: a distractor
+
+
+def test_a_skipped_image_leaves_the_metadata_in_agreement(tmp_path):
+    """The metadata lists the file's pairs: one dropped with a skipped image is still among them
+    (a run with data.skip_bad_images and a zero-byte reference used to stop here)."""
+    root = make_benchmark(tmp_path / "b")
+    rows = "query_id,reference_id,source_id,edits\nQ00000,R000003,R000003,crop\n"
+    (root / "metadata.csv").write_text(rows + "Q00001,R000000,R000000,blur\nQ00002,,D000002,jpeg\n")
+    (root / "references" / "R000003.png").write_bytes(b"")
+    bench = load_benchmark(root, skip_bad_images=True, check_images=False)
+    assert bench.ground_truth.query.tolist() == ["Q00001"]
+    assert "Q00000" in bench.ground_truth.queries  # a distractor now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -152,6 +153,81 @@ def test_two_ranks_describe_and_encode_exactly_as_one(sharding_benchmark, tmp_pa
     # Each subset row is its item's row of a full pass: the same image under the same seed.
     assert single["subset"].shape[0] == len(SUBSET)
     torch.testing.assert_close(single["subset"], single["full_eval"][SUBSET], rtol=1e-4, atol=1e-5)
+
+
+# Bad references: batch 0 (rank 0) loses one image, and every batch of rank 1 (1, 3 and the short
+# 5) loses all of them, so rank 1 has no row at all. Bad training images: each rank loses some.
+BAD_REFERENCES = (1, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22)
+BAD_TRAINING = (2, 5, 22)
+
+
+def _describe_skipping(benchmark: str, out: str, rank: int, world_size: int) -> None:
+    """References and training images described with data.skip_bad_images, as rank `rank` of
+    `world_size` gets them."""
+    from harness.config import resolve_config
+    from harness.describe import extract_descriptors
+    from harness.pipeline import build_method, load_data
+
+    cfg = resolve_config(
+        "none",
+        overrides=tiny_run_overrides("eval.batch_size=4", "data.skip_bad_images=true"),
+        data=benchmark,
+    )
+    data = load_data(cfg)
+    method = build_method(cfg, len(data.benchmark.training), torch.device("cpu"))
+    got = {}
+    for split in ("references", "training"):
+        descriptors = extract_descriptors(
+            method,
+            getattr(data.benchmark, split),
+            "reference",
+            cfg,
+            torch.device("cpu"),
+            split=split,
+            progress=False,
+            shared=True,
+        )
+        got[split] = (list(descriptors.ids), descriptors.features)
+    torch.save(got, os.path.join(out, f"rank{rank}-of-{world_size}.pt"))
+
+
+def _skipping_worker(rank: int, world_size: int, port: int, benchmark: str, out: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        _describe_skipping(benchmark, out, rank, world_size)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_describe_as_one_when_batches_lose_bad_images(sharding_benchmark, tmp_path):
+    bench = tmp_path / "bench"
+    shutil.copytree(sharding_benchmark, bench)
+    for split, bad in (("references", BAD_REFERENCES), ("training", BAD_TRAINING)):
+        files = sorted((bench / split).iterdir())
+        for i in bad:
+            files[i].write_bytes(b"not an image")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _describe_skipping(str(bench), str(tmp_path), 0, 1)
+    finally:
+        torch.set_num_threads(before)
+    single = torch.load(tmp_path / "rank0-of-1.pt", weights_only=False)
+    for split, bad in (("references", BAD_REFERENCES), ("training", BAD_TRAINING)):
+        prefix = "R" if split == "references" else "T"
+        assert single[split][0] == [f"{prefix}{i:06d}" for i in range(N) if i not in bad]
+    mp.spawn(
+        _skipping_worker, args=(2, free_port(), str(bench), str(tmp_path)), nprocs=2, join=True
+    )
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}-of-2.pt", weights_only=False)
+        for split in ("references", "training"):
+            assert got[split][0] == single[split][0]
+            assert (got[split][1] == single[split][1]).all()  # bit for bit
 
 
 def _run_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:

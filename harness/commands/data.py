@@ -18,7 +18,9 @@ Benchmark data.
                            it goes to the cache that `run --data synthetic` uses
                            ($ISC_BENCH_CACHE or ~/.cache/isc-bench).
   data check PATH          read a benchmark directory, check every image header and the ground
-                           truth, and print its summary as JSON.
+                           truth, and print its summary as JSON. A run opens no image when it
+                           starts (it meets a bad one when it decodes it): check once after a
+                           download.
 
 A benchmark directory holds references/, queries/, training/ (images named <id>.jpg|png),
 ground_truth.csv (query_id,reference_id; empty reference_id = distractor) and optionally

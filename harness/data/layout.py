@@ -12,7 +12,8 @@ Two layouts are accepted (the first match wins for each part, in the order liste
 The first name of each list is the layout `data synth` writes; the others are the names DISC21 uses
 as downloaded (folders per split, `dev_ground_truth.csv`) and as the isc2021 scripts expect them
 (`images/{queries,references,train}`). Listing uses `os.scandir` only, so a million files cost one
-directory read and no decoding.
+directory read and no decoding. `data check` then opens every image's header (`check_image`); a run
+does not (`check_images=False`): its datasets check each image when they decode it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ SKIP_HINT = (
     "(run, sweep)"
 )
 METADATA_COLUMNS = ("query_id", "reference_id", "source_id", "edits")
+# The error of a bad image met while decoding (harness/data/datasets.py), skip off.
+BAD_IMAGE_MESSAGE = "{path}: {reason}; remove it, or " + SKIP_HINT
 # Training images go through the copy-edit augmentation, whose text overlays draw with a font
 # sized from the image: below 12 px a side it reaches 0 and AugLy fails. Queries and references
 # are only resized, so any size does for them.
@@ -149,10 +152,72 @@ def list_images(directory: Path) -> tuple[list[str], list[Path], list[tuple[Path
     return ids, [by_id[i] for i in ids], empty
 
 
+def append_skipped(log: Path, path: Path, reason: str) -> None:
+    """Add `path<TAB>reason` to a run's skipped-images file (harness/run_dir.py).
+
+    DataLoader workers are processes of their own, so a count kept in a dataset never reaches the
+    main process: each skip is one line appended instead. One `write` on a file opened with
+    O_APPEND lands whole, whichever process writes it (on a local file system; NFS may interleave
+    writers, and `read_skipped` then ignores a torn line). A path may appear more than once (every
+    worker, every rank, a resumed run): `read_skipped` counts unique paths."""
+    clean = [str(text).translate({9: " ", 10: " ", 13: " "}) for text in (path, reason)]
+    line = ("\t".join(clean) + "\n").encode("utf-8", "backslashreplace")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_skipped(log: Path) -> dict[str, str]:
+    """The unique paths of a skipped-images file, each with the first reason given; {} if none."""
+    try:
+        text = Path(log).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return {}
+    skipped: dict[str, str] = {}
+    for line in text.splitlines():
+        path, tab, reason = line.partition("\t")
+        if tab and path:
+            skipped.setdefault(path, reason)
+    return skipped
+
+
 def _ends_with_jpeg_eoi(path: Path) -> bool:
     with open(path, "rb") as handle:
         handle.seek(max(0, os.path.getsize(path) - 64))
         return handle.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
+
+
+def too_small_reason(size: tuple[int, int], min_side: int) -> str | None:
+    """Why an image of `size` (width, height) cannot be trained on, or None."""
+    if min(size) >= min_side:
+        return None
+    width, height = size
+    return f"too small to train on ({width}x{height} px; at least {min_side} a side)"
+
+
+def decode_errors() -> tuple[type[Exception], ...]:
+    """What PIL raises for a file that is not a usable image (DecompressionBombError included)."""
+    from PIL import Image, UnidentifiedImageError
+
+    return (
+        Image.DecompressionBombError,
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+    )
+
+
+def decode_error_reason(err: Exception) -> str:
+    """Why an image that raised `err` while opening or decoding cannot be used (the eager check's
+    and the datasets' words alike)."""
+    from PIL import Image
+
+    if isinstance(err, Image.DecompressionBombError):
+        return f"too large to decode safely ({err})"
+    return f"does not decode ({type(err).__name__}: {err})"
 
 
 def check_image(path: Path, min_side: int = 1) -> str | None:
@@ -163,22 +228,20 @@ def check_image(path: Path, min_side: int = 1) -> str | None:
     with the end-of-image marker is therefore decoded (at 1/8 scale, which still reads the whole
     stream); one that does costs a 64-byte read more than `verify`.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
-            if min(image.size) < min_side:
-                width, height = image.size
-                return f"too small to train on ({width}x{height} px; at least {min_side} a side)"
+            small = too_small_reason(image.size, min_side)
+            if small is not None:
+                return small
             if image.format == "JPEG" and not _ends_with_jpeg_eoi(path):
                 image.draft(image.mode, (1, 1))
                 image.load()
             else:
                 image.verify()
-    except Image.DecompressionBombError as err:
-        return f"too large to decode safely ({err})"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        return f"does not decode ({type(err).__name__}: {err})"
+    except decode_errors() as err:
+        return decode_error_reason(err)
     return None
 
 
@@ -250,15 +313,19 @@ def load_benchmark(
 ) -> Benchmark:
     """Read a benchmark directory (either layout above) and check it.
 
-    Checks: every split present and non-empty, no duplicate ids, no zero-byte or undecodable file
-    (header check; `check_images=False` skips it for huge sets, and the datasets then report bad
-    files when they read them), every id of the ground truth has an image, and the metadata (if any)
-    agrees with the ground truth. Query images the ground truth does not list are left out (counted
-    in `unlisted_queries`). With `skip_bad_images`, bad files are left out and listed in
-    `skipped`; ground-truth rows whose image was skipped are dropped with them.
+    Checks: every split present and non-empty, no duplicate ids, no zero-byte file, no
+    undecodable file (the header check, and training images at least MIN_TRAINING_SIDE a side),
+    every id of the ground truth has an image, and the metadata (if any) agrees with the ground
+    truth. Query images the ground truth does not list are left out (counted in
+    `unlisted_queries`). With `skip_bad_images`, bad files are left out and listed in `skipped`;
+    ground-truth rows whose image was skipped are dropped with them.
+
+    `check_images=False` lists the splits with one directory scan each and opens no image (the
+    zero-byte check needs only the scan's stat): what a run does, since `data check` has the full
+    check and an open per file on every job start costs minutes on DISC21. The datasets then check
+    each image as they decode it (harness/data/datasets.py), and a run skips or fails there.
     """
     from harness.isc.io import read_ground_truth
-    from harness.isc.types import GroundTruth
 
     root = Path(path)
     if not root.is_dir():
@@ -275,12 +342,13 @@ def load_benchmark(
             progress=progress,
         )
         skipped += bad
-    gt = read_ground_truth(gt_path)
-    gt = _check_ground_truth(gt, gt_path, sets, skipped, GroundTruth)
+    as_written = read_ground_truth(gt_path)
+    gt = _check_ground_truth(as_written, gt_path, sets, skipped)
     metadata = None
     if (root / METADATA_FILE).is_file():
         metadata = read_metadata(root / METADATA_FILE)
-        _check_metadata(metadata, root / METADATA_FILE, gt, gt_path)
+        # Against the file's pairs: a pair dropped with a skipped image is still the metadata's.
+        _check_metadata(metadata, root / METADATA_FILE, as_written, gt_path)
     queries = sets["queries"]
     listed = set(gt.queries.tolist())
     keep = [i for i, query in enumerate(queries.ids) if query in listed]
@@ -299,14 +367,13 @@ def load_benchmark(
     )
 
 
-def _check_ground_truth(gt, gt_path: Path, sets: dict[str, ImageSet], skipped, GroundTruth):
+def _check_ground_truth(gt, gt_path: Path, sets: dict[str, ImageSet], skipped):
     import numpy as np
 
     skipped_ids = {p.stem for p, _ in skipped}
     query_ids = np.asarray(sets["queries"].ids, dtype=str)
     reference_ids = np.asarray(sets["references"].ids, dtype=str)
     listed = np.asarray(gt.queries, dtype=str)
-    pair_query = np.asarray(gt.query, dtype=str)
     pair_reference = np.asarray(gt.reference, dtype=str)
 
     missing_query = ~np.isin(listed, query_ids)
@@ -334,6 +401,27 @@ def _check_ground_truth(gt, gt_path: Path, sets: dict[str, ImageSet], skipped, G
             f"{gt_path}: reference {first} has no image in the references folder "
             f"({int(really_missing_reference.sum())} ground-truth references missing)"
         )
+    return without_skipped(gt, skipped_ids, skipped_ids)
+
+
+def without_skipped(gt: GroundTruth, queries, references) -> GroundTruth:
+    """`gt` without the queries whose image was skipped as bad (ids in `queries`) and without the
+    pairs of those queries or of skipped references (ids in `references`); a query whose every
+    reference was skipped stays, as a distractor. The eager check (skipped at listing) and a run
+    (skipped while decoding, harness/pipeline.py) drop the same rows."""
+    import numpy as np
+
+    from harness.isc.types import GroundTruth
+
+    listed = np.asarray(gt.queries, dtype=str)
+    pair_query = np.asarray(gt.query, dtype=str)
+    pair_reference = np.asarray(gt.reference, dtype=str)
+    usable_query = ~np.isin(listed, list(queries)) if len(queries) else np.ones(len(listed), bool)
+    usable_reference = (
+        ~np.isin(pair_reference, list(references))
+        if len(references)
+        else np.ones(len(pair_reference), bool)
+    )
     if usable_query.all() and usable_reference.all():
         return gt
     keep_pair = np.isin(pair_query, listed[usable_query]) & usable_reference
