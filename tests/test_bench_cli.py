@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 from conftest import run_harness
 
 from harness.benchmarks import discover
 from harness.benchmarks import metrics as metrics_bench
+from harness.benchmarks import scale as scale_bench
 from harness.benchmarks import search as search_bench
 from harness.cli import main
 from harness.commands.bench import format_table
@@ -23,7 +26,7 @@ def tiny(monkeypatch):
 
 def test_modules_are_discovered():
     modules = discover()
-    assert {"metrics", "search"} <= set(modules)
+    assert {"metrics", "search", "scale"} <= set(modules)
     for module in modules.values():
         assert isinstance(module.DESCRIPTION, str) and callable(module.run)
 
@@ -83,3 +86,42 @@ def test_quick_bench_runs_unchanged(tmp_path):
     assert all(
         row["results"] == row["max_results"] for row in report["benchmarks"]["search"]["rows"]
     )
+
+
+def test_scale_fits_the_growth_exponent_and_flags_faster_growth():
+    sizes = (1_000, 10_000, 100_000)
+    assert scale_bench.slope(sizes, [2e-6 * n**1.5 for n in sizes]) == pytest.approx(1.5)
+    assert scale_bench.slope(sizes, [1.0, 0.0, 2.0]) is None  # no log of 0
+    stage = next(s for s in scale_bench.STAGES if s.name == "list")
+    results = [
+        {"seconds": 1e-6 * n**1.3, "runs": 1, "peak_mb": 0.5, "inputs_mb": 400.0} for n in sizes
+    ]
+    row = scale_bench.stage_row(stage, sizes, results)
+    assert row["exponent"] == pytest.approx(1.3) and row["expected"] == 1
+    assert row["as_expected"] is False  # more than 0.2 above linear
+    assert row["memory_exponent"] is None  # rises under 1 MB are noise
+    assert row["per_100k_s"] == pytest.approx(results[-1]["seconds"])  # at 100k files
+    search = next(s for s in scale_bench.STAGES if s.name == "search")
+    row = scale_bench.stage_row(search, sizes, [{**r, "peak_mb": 10.0} for r in results])
+    assert row["as_expected"] is True and row["per_100k_s"] is None
+    assert row["memory_exponent"] == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_quick_scale_bench_measures_every_stage(tmp_path):
+    """`bench scale --quick` as CI runs it: every stage at 3 sizes, each with a time, a peak memory
+    and a finite growth exponent, in the table and the JSON (figures printed, not asserted)."""
+    out = tmp_path / "scale.json"
+    done = run_harness("bench", "scale", "--quick", "--json", str(out), timeout=None, check=True)
+    print(done.stdout)
+    rows = json.loads(out.read_text())["benchmarks"]["scale"]["rows"]
+    names = [stage.name for stage in scale_bench.STAGES]
+    assert [row["stage"] for row in rows] == names
+    lines = done.stdout.splitlines()
+    for row, stage in zip(rows, scale_bench.STAGES, strict=True):
+        assert [row[f"size_{i}"] for i in (1, 2, 3)] == list(stage.quick)
+        assert all(row[f"seconds_{i}"] > 0 for i in (1, 2, 3))
+        assert all(row[f"peak_mb_{i}"] is not None for i in (1, 2, 3))
+        assert math.isfinite(row["exponent"]) and row["expected"] == stage.expected
+        printed = re.compile(rf"scale +{re.escape(stage.name)} +[0-9]")
+        assert any(printed.match(line) for line in lines), stage.name

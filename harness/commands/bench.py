@@ -18,6 +18,9 @@ global-capped search against a bare faiss flat kNN over the same data. The rows 
   python -m harness bench                 every benchmark, full sizes (minutes on 2 CPU cores)
   python -m harness bench metrics search  those two
   python -m harness bench --quick         small sizes, seconds (what CI runs)
+  python -m harness bench scale           every stage of a run at 3 sizes (~10 min on 2 CPU
+                                          cores): time, peak memory and the fitted growth
+                                          exponent next to the expected one
   python -m harness bench methods negatives --config configs/protocols/disc21.yaml \
       --set train.batch_size=64 --json bench.json
                                           at a run protocol's model and per-GPU batch: the
