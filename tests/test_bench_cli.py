@@ -61,6 +61,35 @@ def test_bench_reference_agrees_with_the_vectorized_metrics():
         assert got[key] == value, key
 
 
+def test_score_bench_times_the_command_against_the_plain_reading_and_metrics(monkeypatch):
+    from harness.benchmarks import score as score_bench
+
+    monkeypatch.setattr(score_bench, "QUICK_SIZE", 3_000)
+    (row,) = score_bench.run(quick=True)
+    assert row["identical"] is True and row["n_predictions"] > 2_900
+    assert row["seconds"] > 0 and row["reference_seconds"] > 0 and row["read_seconds"] > 0
+    assert row["speedup"] == row["reference_seconds"] / row["seconds"]
+
+
+def test_score_bench_reference_reads_what_the_harness_reads(tmp_path):
+    from harness.benchmarks import score as score_bench
+    from harness.isc import (
+        read_ground_truth,
+        read_predictions,
+        write_ground_truth,
+        write_predictions,
+    )
+
+    gt, predictions = metrics_bench.synthetic_case(4_000, seed=2)
+    write_ground_truth(tmp_path / "gt.csv", gt)
+    write_predictions(tmp_path / "p.csv", predictions)
+    expected, _ = score_bench.plain_score(tmp_path / "gt.csv", tmp_path / "p.csv")
+    read = read_ground_truth(tmp_path / "gt.csv"), read_predictions(tmp_path / "p.csv")
+    got = evaluate(*read).to_dict()
+    assert expected["recall_at_p90"] is not None
+    assert {key: got[key] for key in expected} == expected
+
+
 def test_format_table_aligns_columns():
     table = format_table(
         [{"case": "a", "seconds": 1.5, "ok": True}, {"case": "bb", "seconds": 0.25, "ok": False}]

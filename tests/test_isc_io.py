@@ -92,6 +92,27 @@ def test_both_readers_parse_scores_exactly(tmp_path):
     np.testing.assert_array_equal(_read_predictions_checked(tmp_path / "p.csv").score, scores)
 
 
+@pytest.mark.parametrize("padding", ["", " ", '"'])
+def test_every_reader_parses_odd_spellings_as_float_does(tmp_path, padding):
+    # pandas' parsers round `+1E-30 ` (a sign, then a space) and some long mantissas 1 ulp off,
+    # and read a column of integers as integers (-0 as 0); every reader must give float()'s value.
+    # Unquoted files take the plain path, quoted ids pandas' pass.
+    from harness.isc.io import _read_predictions_checked
+
+    texts = ["+1E-30", "+20000000000000010E1", "-0", "0.500000000000000166533453693773481063"]
+    quote = padding if padding == '"' else ""
+    body = "".join(
+        f"{quote}Q{i}{quote},R,{text}{padding if padding != quote else ''}\n"
+        for i, text in enumerate(texts)
+    )
+    path = write(tmp_path / "p.csv", body)
+    expected = np.array([float(text) for text in texts]).view(np.int64)
+    for reader in (read_predictions, _read_predictions_checked):
+        np.testing.assert_array_equal(reader(path).score.view(np.int64), expected)
+    integers = write(tmp_path / "i.csv", "Q1,R,-0\nQ2,R,2\n")
+    assert str(_read_predictions_checked(integers).score[0]) == "-0.0"
+
+
 def test_predictions_without_header_and_with_blank_lines(tmp_path):
     p = read_predictions(write(tmp_path / "p.csv", "Q1,R1,0.5\n\nQ2,R2,-1e3\n"))
     assert p.score.tolist() == [0.5, -1000.0]

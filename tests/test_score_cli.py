@@ -310,6 +310,44 @@ def test_partial_overlap_is_a_warning_with_counts(tmp_path, gt_csv, capsys):
     assert "their 3 predictions are left out (--restrict-to-gt-queries)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("form", ["Q{}", "query-image-{:06d}", "Qé{}"])
+@pytest.mark.parametrize("complete", [False, True])
+def test_overlap_counts_are_the_set_counts(form, complete):
+    """The overlap checks look ids up as integer keys (packed when short ASCII, factorized
+    otherwise); their counts must be those of plain Python sets."""
+    from harness.isc import GroundTruth
+    from harness.isc.id_overlap import ScoredIds, disjoint_ids, partial_overlap
+
+    rng = np.random.default_rng(0)
+    gt_queries = [form.format(i) for i in range(0, 60, 2)]
+    gt = GroundTruth(
+        queries=gt_queries, query=gt_queries[:10], reference=[f"R{i}" for i in range(10)]
+    )
+    query = np.array([form.format(i) for i in rng.integers(0, 80, 500)])
+    reference = np.array([f"R{i}" for i in rng.integers(5, 40, 500)])
+    ids = ScoredIds(query, reference, "p.csv", "p.csv", complete)
+    assert disjoint_ids(gt, ids, "gt.csv") is None
+    (absent, *lost) = partial_overlap(gt, ids, "gt.csv", restrict_to_gt_queries=False)
+    outside = [q for q in query.tolist() if q not in set(gt_queries)]
+    assert absent.startswith(
+        f"{len(set(outside)):,} of {len(set(query.tolist())):,} query ids in p.csv are not in "
+        "gt.csv; " + ("their candidates" if complete else f"their {len(outside):,} predictions")
+    )
+    if complete:
+        pairs = list(zip(gt.query.tolist(), gt.reference.tolist(), strict=True))
+        no_query = sum(q not in set(query.tolist()) for q, _ in pairs)
+        no_reference = sum(r not in set(reference.tolist()) for _, r in pairs)
+        lost_pairs = sum(
+            q not in set(query.tolist()) or r not in set(reference.tolist()) for q, r in pairs
+        )
+        assert lost == [
+            f"{lost_pairs:,} of 10 ground-truth pairs in gt.csv can never be found: {no_query:,} "
+            f"have no query descriptor in p.csv, {no_reference:,} no reference descriptor in p.csv"
+        ]
+    far = ScoredIds(np.array([form.format(i) for i in range(100, 103)]), reference, "p", "p", False)
+    assert disjoint_ids(gt, far, "gt.csv").startswith("none of the 3 query ids in p is in gt.csv")
+
+
 def test_ground_truth_pairs_without_descriptors_are_counted(tmp_path, capsys):
     (tmp_path / "gt.csv").write_text("Q1,R1\nQ2,R2\nQ3,R3\nQ4,R1\nQ1,R99\n")
     submission, _ = make_descriptor_files(tmp_path)

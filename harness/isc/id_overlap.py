@@ -68,27 +68,43 @@ def _likely_cause(
     )
 
 
+def _found_in(ids, expected) -> np.ndarray:
+    """For each id of `ids`, whether it is one of `expected`: one vectorized lookup of integer
+    keys (harness.isc.codes), not a set of millions of Python strings."""
+    import pandas as pd
+
+    from harness.isc.codes import id_keys, lookup
+
+    keys, expected_keys = id_keys(ids, expected)
+    return lookup(keys, pd.unique(expected_keys))[1]
+
+
+def _count_distinct(ids) -> int:
+    import pandas as pd
+
+    from harness.isc.codes import id_keys
+
+    return len(pd.unique(id_keys(ids)[0]))
+
+
 def disjoint_ids(gt: GroundTruth, ids: ScoredIds, gt_source: str) -> str | None:
     """A sentence naming the sides (queries, references) where no scored id is a ground-truth id,
     and the likely cause; None when both sides meet. References are checked only when the ground
     truth has true pairs."""
-    gt_queries, gt_references = _unique(gt.queries), _unique(gt.reference)
-    sides = [("query", _unique(ids.query), ids.query_source, gt_queries, gt_references)]
-    if gt_references:
-        sides.append(
-            ("reference", _unique(ids.reference), ids.reference_source, gt_references, gt_queries)
-        )
-    disjoint = [side for side in sides if side[1] and not side[1] & side[3]]
+    sides = [("query", ids.query, ids.query_source, gt.queries, gt.reference)]
+    if gt.n_gt:
+        sides.append(("reference", ids.reference, ids.reference_source, gt.reference, gt.queries))
+    disjoint = [side for side in sides if len(side[1]) and not _found_in(side[1], side[3]).any()]
     if not disjoint:
         return None
     what = " and ".join(
-        f"none of the {len(scored):,} {side} ids in {source}"
+        f"none of the {_count_distinct(scored):,} {side} ids in {source}"
         for side, scored, source, _, _ in disjoint
     )
     _, scored, _, expected, other_side = disjoint[0]
     return (
         f"{what} is in {gt_source}, so every metric would be 0: "
-        f"{_likely_cause(scored, expected, other_side, gt_source)}"
+        f"{_likely_cause(_unique(scored), _unique(expected), _unique(other_side), gt_source)}"
     )
 
 
@@ -98,14 +114,11 @@ def partial_overlap(
     """Sentences counting the ids that only partly meet: scored queries absent from the ground
     truth (false positives, or dropped), and for descriptor files the ground-truth pairs whose
     query or reference has no descriptor (never found)."""
-    import pandas as pd
-
     warnings = []
-    scored_queries = _unique(ids.query)
-    absent = len(scored_queries - _unique(gt.queries))
-    if absent:
-        listed = pd.Series(np.asarray(ids.query, dtype=str)).isin(_unique(gt.queries)).to_numpy()
-        total = len(scored_queries)
+    listed = _found_in(ids.query, gt.queries)
+    if not listed.all():
+        absent = _count_distinct(np.asarray(ids.query)[~listed])
+        total = _count_distinct(ids.query)
         fate = (
             "are left out (--restrict-to-gt-queries)"
             if restrict_to_gt_queries
@@ -117,8 +130,8 @@ def partial_overlap(
             f"{what} {fate}"
         )
     if ids.complete and gt.n_gt:
-        no_query = ~pd.Series(gt.query).isin(_unique(ids.query)).to_numpy()
-        no_reference = ~pd.Series(gt.reference).isin(_unique(ids.reference)).to_numpy()
+        no_query = ~_found_in(gt.query, ids.query)
+        no_reference = ~_found_in(gt.reference, ids.reference)
         lost = no_query | no_reference
         if lost.any():
             warnings.append(

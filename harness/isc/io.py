@@ -14,7 +14,7 @@ import numpy as np
 from harness.atomic import atomic_path, atomic_write_text
 from harness.errors import InputError
 from harness.file_checks import require_input_file
-from harness.isc import csv_cells
+from harness.isc import csv_cells, plain_csv
 from harness.isc.types import Descriptors, GroundTruth, Predictions
 
 GT_COLUMNS = ("query_id", "reference_id")
@@ -34,7 +34,36 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
 
     Ids are stripped of surrounding whitespace (harness.isc.csv_cells); a first line that is
     neither the header nor an id pair like the rows below it is an error."""
-    path = Path(path)
+    path = require_input_file(path)
+    gt = _read_ground_truth_plain(path)
+    # Anything unusual is re-read cell by cell, which finds and reports the offending line.
+    return gt if gt is not None else _read_ground_truth_checked(path)
+
+
+def _read_ground_truth_plain(path: Path) -> GroundTruth | None:
+    """A plain file (harness.isc.plain_csv) in a few numpy passes; None if the file is not plain
+    or any check fails."""
+    rows = plain_csv.read_rows(path, GT_COLUMNS)
+    if rows is None or len(rows) == 0:
+        return None
+    queries = plain_csv.strings(rows, 0)
+    references = None if queries is None else plain_csv.optional_strings(rows, 1)
+    if references is None:
+        return None
+    sample = slice(1, csv_cells.SHAPE_SAMPLE + 1)
+    if not rows.header and not csv_cells.looks_like_id_pair(
+        np.array([queries[0], references[0]]),
+        np.column_stack([queries[sample], references[sample]]),
+    ):
+        return None  # the careful reader names the line
+    try:
+        return _ground_truth(path, queries, references, rows.line)
+    except InputError:
+        return None
+
+
+def _read_ground_truth_checked(path: Path) -> GroundTruth:
+    """Cell-by-cell reading that locates every kind of bad input (slower)."""
     cells = csv_cells.read_cells(path, GT_COLUMNS)
     cells, lines = csv_cells.drop_blank_lines_and_header(
         path,
@@ -46,30 +75,44 @@ def read_ground_truth(path: str | os.PathLike) -> GroundTruth:
     )
     if len(cells) == 0:
         raise InputError(f"{path}: no ground-truth rows")
-    queries = csv_cells.check_ids(path, cells[:, 0], lines, "query_id")
-    references = cells[:, 1].astype(str)
+    return _ground_truth(path, cells[:, 0], cells[:, 1].astype(str), lines)
+
+
+def _ground_truth(
+    path: Path, queries: np.ndarray, references: np.ndarray, lines: np.ndarray
+) -> GroundTruth:
+    """The ground truth of stripped id columns (an empty reference: a distractor), checked: ids
+    non-empty and printable, no repeated row, no query both matched and a distractor."""
+    import pandas as pd
+
+    from harness.isc.codes import first_repeated_pair, id_keys, lookup
+
+    queries = csv_cells.check_ids(path, queries, lines, "query_id")
     has_match = references != ""
     csv_cells.check_ids(path, references[has_match], lines[has_match], "reference_id")
 
-    pairs = np.char.add(np.char.add(queries, "\x00"), references)
-    _, first, counts = np.unique(pairs, return_index=True, return_counts=True)
-    duplicated = np.flatnonzero(counts > 1)
-    if len(duplicated):
-        row = first[duplicated[0]]
+    # Integer keys for the ids (harness.isc.codes): no set or sort of strings unless there is an
+    # error to report.
+    query_keys, reference_keys = id_keys(queries, references)
+    if first_repeated_pair(query_keys, reference_keys) is not None:
+        pairs = np.char.add(np.char.add(queries, "\x00"), references)
+        _, first, counts = np.unique(pairs, return_index=True, return_counts=True)
+        row = first[np.flatnonzero(counts > 1)[0]]
         again = np.flatnonzero(pairs == pairs[row])[1]
         raise InputError(
             f"{path}:{lines[again]}: duplicate ground-truth row {queries[row]},{references[row]} "
             f"(first on line {lines[row]})"
         )
-    distractors = set(queries[~has_match].tolist())
-    conflicting = [i for i in np.flatnonzero(has_match) if queries[i] in distractors]
-    if conflicting:
+    distractors = pd.unique(query_keys[~has_match])
+    conflicting = np.flatnonzero(has_match & lookup(query_keys, distractors)[1])
+    if len(conflicting):
         i = conflicting[0]
         raise InputError(
             f"{path}:{lines[i]}: query {queries[i]} has a reference but is also listed as a "
             "distractor (empty reference_id)"
         )
-    all_queries = np.asarray(list(dict.fromkeys(queries.tolist())), dtype=str)
+    # Every query once, in the order of its first line.
+    all_queries = queries[~pd.Index(query_keys).duplicated()]
     return GroundTruth(
         queries=all_queries, query=queries[has_match], reference=references[has_match]
     )
@@ -88,16 +131,34 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
     non-finite scores, empty ids, duplicate (query, reference) pairs and an empty file are errors
     (InputError naming the file and line). Cells are stripped of surrounding whitespace."""
     path = require_input_file(path)
-    try:
-        predictions = _read_predictions_fast(path)
-    except (ValueError, OverflowError, UnicodeDecodeError):
-        predictions = None
+    predictions = _read_predictions_plain(path)
+    if predictions is None:
+        try:
+            predictions = _read_predictions_pandas(path)
+        except (ValueError, OverflowError, UnicodeDecodeError):
+            predictions = None
     # Anything unusual is re-read cell by cell, which finds and reports the offending line.
     return predictions if predictions is not None else _read_predictions_checked(path)
 
 
-def _read_predictions_fast(path: Path) -> Predictions | None:
-    """The common case in one native pass; None if any check fails (the caller then re-reads)."""
+def _read_predictions_plain(path: Path) -> Predictions | None:
+    """A plain file (harness.isc.plain_csv: ASCII, unquoted, three fields a line, decimal
+    scores) in a few numpy passes; None if the file is not plain or any check fails."""
+    rows = plain_csv.read_rows(path, PREDICTION_COLUMNS)
+    if rows is None or len(rows) == 0:
+        return None
+    query = plain_csv.strings(rows, 0)
+    reference = None if query is None else plain_csv.strings(rows, 1)
+    score = None if reference is None else plain_csv.numbers(rows, 2)
+    if score is None:
+        return None
+    predictions = Predictions(query=query, reference=reference, score=score)
+    return None if find_duplicate_pair(predictions) is not None else predictions
+
+
+def _read_predictions_pandas(path: Path) -> Predictions | None:
+    """Any well-formed file in one native pass of pandas' reader (quoted fields, non-ASCII ids,
+    unicode whitespace); None if any check fails (the caller then re-reads)."""
     import pandas as pd
 
     with open(path, encoding="utf-8-sig") as handle:
@@ -109,11 +170,10 @@ def _read_predictions_fast(path: Path) -> Predictions | None:
         path,
         header=0 if has_header else None,
         names=list(PREDICTION_COLUMNS),
-        dtype={"query_id": str, "reference_id": str, "score": np.float64},
+        dtype=str,
         na_filter=False,
         skipinitialspace=True,
         engine="c",
-        float_precision="round_trip",  # exact: what write_predictions wrote is what we read
     )
     # A line longer than the header makes pandas take its first fields as an index, shifting
     # every column: the checked reader then names the line.
@@ -121,8 +181,9 @@ def _read_predictions_fast(path: Path) -> Predictions | None:
         return None
     query = np.strings.strip(frame["query_id"].to_numpy(dtype=str))
     reference = np.strings.strip(frame["reference_id"].to_numpy(dtype=str))
-    score = frame["score"].to_numpy(dtype=np.float64)
-    if not np.isfinite(score).all() or (query == "").any() or (reference == "").any():
+    # Parsed as the plain path parses them (pandas' own parsers round some spellings otherwise).
+    score = plain_csv.decimals(np.strings.strip(frame["score"].to_numpy(dtype=str)))
+    if score is None or (query == "").any() or (reference == "").any():
         return None
     if csv_cells.first_forbidden(query) is not None:
         return None
@@ -138,6 +199,13 @@ def _is_number(text) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _as_float(text, parsed: float) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return parsed
 
 
 def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
@@ -162,7 +230,11 @@ def _read_predictions_checked(path: str | os.PathLike) -> Predictions:
     queries = csv_cells.check_ids(path, cells[:, 0], lines, "query_id")
     references = csv_cells.check_ids(path, cells[:, 1], lines, "reference_id")
     raw_scores = cells[:, 2]
-    scores = pd.to_numeric(pd.Series(raw_scores), errors="coerce").to_numpy(dtype=np.float64)
+    scores = pd.to_numeric(pd.Series(raw_scores), errors="coerce").to_numpy(np.float64, copy=True)
+    # pandas decides what is a number; the value is float()'s, as the fast paths read it (pandas
+    # rounds some long spellings differently, and reads a column of integers as integers: -0 as 0).
+    finite = np.flatnonzero(np.isfinite(scores))
+    scores[finite] = [_as_float(raw_scores[i], scores[i]) for i in finite.tolist()]
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
         i = bad[0]
