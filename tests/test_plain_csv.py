@@ -36,6 +36,7 @@ SETTINGS = settings(
     max_examples=150,
     deadline=None,
     database=None,
+    derandomize=True,  # CI sees the same examples every run; vary --hypothesis-seed to explore
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -320,7 +321,8 @@ def test_a_lone_cr_inside_a_line_is_left_to_the_careful_reader(data):
     rows = data.draw(prediction_rows())
     lines, numbers = data.draw(plain_lines(PREDICTION_COLUMNS, rows))
     line = lines[numbers[data.draw(st.integers(0, len(rows) - 1))] - 1]
-    cut = data.draw(st.integers(0, len(line)))
+    # Before the line's last character: a CR at its end would make a CRLF line end, which is plain.
+    cut = data.draw(st.integers(0, len(line) - 1))
     lines[lines.index(line)] = line[:cut] + "\r" + line[cut:]
     directory, path = written(join(data.draw, lines), "p.csv")
     with directory:

@@ -291,13 +291,14 @@ def _qk_step(size: int, path: Path, quick: bool) -> Callable[[], object]:
     trainer._place_method()
     trainer._build_optimization()
 
-    def encoded(fn, view="clean", *, batch_size=None, seed_key=0):
+    def encoded(fn, view="clean", *, batch_size=None, seed_key=0, indices=None):
         """The phase start's cache pass with random rows standing in for N encoded images (the
         `qk cache pass` stage times that pass): the frozen side's output on one image gives the
         width and dtype."""
         like = fn(pool[:1].to(device))
         generator = torch.Generator().manual_seed(seed_key)
-        rows = torch.randn(size, like.shape[1], generator=generator).abs()
+        n = size if indices is None else len(indices)
+        rows = torch.randn(n, like.shape[1], generator=generator).abs()
         return rows.to(device=device, dtype=like.dtype)
 
     method.on_train_start(TrainContext(encoded, total_steps=1_000, progress=False), 0)
