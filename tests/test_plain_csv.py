@@ -36,7 +36,7 @@ SETTINGS = settings(
     max_examples=150,
     deadline=None,
     database=None,
-    derandomize=True,  # CI sees the same examples every run; vary --hypothesis-seed to explore
+    derandomize=True,  # CI sees the same examples every run; set it False locally to explore
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
