@@ -54,14 +54,17 @@ def _passes(benchmark: str, rank: int, world_size: int) -> dict:
         shared=True,
     )
 
-    def eval_mode(images):
-        method.encoder.eval()
-        return method.encoder(images)
+    def mode(train: bool):
+        def encode(images):
+            method.encoder.train(train)
+            return method.encoder(images)
 
-    def eval_pass(indices=None, rank=rank, world_size=world_size):
+        return encode
+
+    def encoding_pass(fn, indices=None, world_size=world_size):
         return encode_dataset(
             data.train_data.augmented,
-            eval_mode,
+            fn,
             seed=0,
             seed_key=3,
             batch_size=BATCH,
@@ -71,36 +74,17 @@ def _passes(benchmark: str, rank: int, world_size: int) -> dict:
             amp_dtype=None,
             desc="",
             progress=False,
-            rank=rank,
+            rank=rank if world_size > 1 else 0,
             world_size=world_size,
             indices=indices,
         )
 
-    # Before the train-mode pass: it moves each rank's BatchNorm running statistics by that
-    # rank's batches only.
+    # The eval-mode passes first: a train-mode pass moves each rank's BatchNorm running
+    # statistics by that rank's batches only.
     # QK's cache pass over a subset of negatives (qk.num_negatives): only those are encoded.
-    subset = eval_pass(torch.tensor(SUBSET))
-    full_eval = eval_pass(rank=0, world_size=1) if world_size == 1 else None
-
-    def train_mode(images):
-        method.encoder.train()
-        return method.encoder(images)
-
-    encoded = encode_dataset(
-        data.train_data.augmented,
-        train_mode,
-        seed=0,
-        seed_key=3,
-        batch_size=BATCH,
-        num_workers=0,
-        device=torch.device("cpu"),
-        channels_last=False,
-        amp_dtype=None,
-        desc="",
-        progress=False,
-        rank=rank,
-        world_size=world_size,
-    )
+    subset = encoding_pass(mode(False), torch.tensor(SUBSET))
+    full_eval = encoding_pass(mode(False), world_size=1) if world_size == 1 else None
+    encoded = encoding_pass(mode(True))  # BatchNorm's batch statistics: batches must match
 
     return {
         "ids": list(references.ids),
