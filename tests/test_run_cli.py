@@ -63,6 +63,15 @@ def test_run_prints_the_table_and_refuses_to_redo_a_finished_run(tiny_benchmark,
     assert record["seed"] == 2 and record["budget"]["steps"] == 2
     assert "µAP" in out and "raw" in out and "normalized" in out
     assert f"{record['metrics']['raw']['average_precision']:.4f}" in out
+    assert "skipped" not in out  # no bad image, no line about them
+
+    from harness.commands.run import format_metrics_table
+
+    record["benchmark"]["skipped_images"] = 3
+    record["files"]["skipped_images"] = "skipped_images.tsv"
+    assert format_metrics_table(record).endswith(
+        "skipped 3 bad image(s) (listed in skipped_images.tsv)"
+    )
 
     assert run_cli(*argv, "--seed", "2") == 2
     assert "already holds a finished run" in capsys.readouterr().err

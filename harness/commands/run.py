@@ -124,6 +124,11 @@ def format_metrics_table(record: dict) -> str:
             f"{k} {t[k]:.1f}s" for k in ("train", "extract", "search", "metrics", "total") if k in t
         )
     )
+    skipped = record["benchmark"].get("skipped_images") or 0
+    if skipped:
+        listed = record.get("files", {}).get("skipped_images")
+        where = f" (listed in {listed})" if listed else ""
+        lines.append(f"skipped {skipped} bad image(s){where}")
     return "\n".join(lines)
 
 
