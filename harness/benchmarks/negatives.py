@@ -25,10 +25,10 @@ with AMX/AVX512-bf16 and on GPUs); the running log-sum-exp stays in fp32.
 from __future__ import annotations
 
 import gc
-import os
 from dataclasses import dataclass
 
 from harness.benchmarks import Protocol
+from harness.benchmarks._fork_server import reset_peak, status_kb
 
 DESCRIPTION = "QK loss over N negatives (B=128, d=128, N up to 1M): % of matmul peak, memory, naive"
 BATCH, DIM, FEATURES = 128, 128, 512
@@ -73,11 +73,8 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
-            self.start = _rss_kb("VmRSS")
-            try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
-                with open(f"/proc/{os.getpid()}/clear_refs", "w") as handle:
-                    handle.write("5")
-            except OSError:
+            self.start = status_kb("VmRSS")
+            if not reset_peak():
                 self.start = None
         return self
 
@@ -88,16 +85,8 @@ class _PeakMemory:
             torch.cuda.synchronize()
             self.mb = (torch.cuda.max_memory_allocated() - self.start) / 2**20
         elif self.start is not None:
-            self.mb = max(0, _rss_kb("VmHWM") - self.start) / 1024
+            self.mb = max(0, (status_kb("VmHWM") or 0) - self.start) / 1024
         return False
-
-
-def _rss_kb(field: str) -> int:
-    with open(f"/proc/{os.getpid()}/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def _step(loss_fn, query):

@@ -2,8 +2,8 @@
 growth exponent next to the expected one.
 
 Each stage runs the harness's own code path (nothing re-implemented) at three sizes, each
-(stage, size) in a fresh process: a fork of a stage server that has only imported the libraries
-(`serve`), so one stage's allocations, caches and thread pools never flatter or burden the next,
+(stage, size) in a fresh process: a fork of a server that has only imported the libraries
+(harness/benchmarks/_fork_server.py), so one stage's allocations, caches and thread pools never flatter or burden the next,
 and no stage pays the imports. Stages and their sizes (full; `--quick` in brackets):
 
 - `list` (2k/20k/200k files [50/100/200]): `load_benchmark(check_images=False)` over a DISC layout
@@ -11,7 +11,7 @@ and no stage pays the imports. Stages and their sizes (full; `--quick` in bracke
   with a copy): directory listing, sorting, the ground-truth checks. `per_100k_s`: seconds per
   100k files at the largest size.
 - `list + check` (same sizes): the same with the image header check (`check_images=True`, what
-  `run` does), i.e. `check_image` on every file in the loader's thread pool.
+  `data check` does and every run did before issue 15), i.e. `check_image` on every file in the loader's thread pool.
 - `decode draft` (500/2k/8k images [16/32/64]) and `decode full` (250/1k/4k [16/32/64]):
   `ImageDataset` items (`open_rgb` + the evaluation transform to uint8 pixels, what extraction's
   workers make) over n large JPEGs, in one process without a DataLoader. `draft` decodes at the
@@ -61,12 +61,10 @@ thread (CI machines are shared): it shows that every stage runs, its figures say
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -443,40 +441,7 @@ def _report(size: int, path: Path, quick: bool) -> Callable[[], object]:
     return lambda: build_report([path / "results"], path / "report", figures=False, edits=False)
 
 
-# --- measuring one (stage, size) in its own process ----------------------------------------------
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open(f"/proc/{os.getpid()}/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open(f"/proc/{os.getpid()}/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _trim() -> None:
-    """Hand the heap's free pages back to the OS (glibc's malloc_trim), so that the RSS the peak
-    is measured from holds the inputs, not the set-up's freed temporaries (which the stage could
-    otherwise reuse without its RSS rising)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+# --- measuring one (stage, size) in its own process (harness/benchmarks/_fork_server.py) ---------
 
 
 def _one_thread() -> None:
@@ -489,33 +454,17 @@ def _one_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
-def measure(stage: Stage, size: int, path: Path, quick: bool) -> dict:
-    """Build the stage's inputs, then time it (best of up to MAX_RUNS while the runs add up to
-    less than MIN_TOTAL_SECONDS) and take the rise of the peak RSS over the inputs' RSS."""
-    from harness.benchmarks import _synchronize
+def measure(request: dict) -> dict:
+    """In the forked process: build the stage's inputs at the request's size, then time the stage
+    and take its peak memory over the inputs' (`_fork_server.time_and_peak`)."""
+    from harness.benchmarks._fork_server import time_and_peak
 
+    quick = request["quick"]
     if quick:
         _one_thread()
-    work = globals()[stage.setup](size, path, quick)
-    gc.collect()
-    _trim()
-    inputs_kb = _status_kb("VmRSS")
-    reset = _reset_peak() and inputs_kb is not None
-    times: list[float] = []
-    while not times or (len(times) < MAX_RUNS and sum(times) < MIN_TOTAL_SECONDS[quick]):
-        _synchronize()
-        start = time.perf_counter()
-        work()  # the result is dropped: a second run must not hold the first one's
-        _synchronize()
-        times.append(time.perf_counter() - start)
-        gc.collect()
-    peak_kb = _status_kb("VmHWM")
-    return {
-        "seconds": min(times),
-        "runs": len(times),
-        "peak_mb": (peak_kb - inputs_kb) / 1024 if reset and peak_kb is not None else None,
-        "inputs_mb": None if inputs_kb is None else inputs_kb / 1024,
-    }
+    stage = next(s for s in STAGES if s.name == request["stage"])
+    work = globals()[stage.setup](request["size"], Path(request["path"]), quick)
+    return time_and_peak(work, MIN_TOTAL_SECONDS[quick], MAX_RUNS)
 
 
 PRELOAD = (
@@ -529,100 +478,16 @@ PRELOAD = (
 )
 
 
-def serve() -> None:
-    """The stage server: import the libraries once, then for each request line on stdin (JSON:
-    stage, size, path, quick) fork a process that measures it and answer one JSON line. A fork of
-    a process that has only imported (no thread pool started yet) is a fresh process in all that
-    matters, without paying the imports each time. Its own stdout is pointed at stderr, so nothing
-    a stage prints can garble the answers."""
-    import importlib
-    import json
-    import sys
-    import traceback
+def _measure_in_fork(server, stage: Stage, size: int, path: Path, quick: bool) -> dict:
+    from harness.errors import HarnessError
 
-    answers = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    for name in PRELOAD:
-        importlib.import_module(name)
-    # What the imports made is never garbage: out of the collector's sight, a stage's collections
-    # do not walk (and copy, page by page) the whole inherited heap.
-    gc.collect()
-    gc.freeze()
-    for line in sys.stdin:
-        request = json.loads(line)
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the stage process
-            os.close(read_end)
-            code = 0
-            try:
-                stage = next(s for s in STAGES if s.name == request["stage"])
-                result = measure(stage, request["size"], Path(request["path"]), request["quick"])
-            except BaseException:  # noqa: BLE001 - reported to the parent
-                result, code = {"error": traceback.format_exc()}, 1
-            with os.fdopen(write_end, "w") as out:
-                out.write(json.dumps(result))
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        os.close(write_end)
-        with os.fdopen(read_end) as result_pipe:
-            text = result_pipe.read()
-        _, status = os.waitpid(pid, 0)
-        if not text:
-            text = json.dumps({"error": f"the stage process ended without a result ({status=})"})
-        answers.write(text + "\n")
-        answers.flush()
-
-
-class StageServer:
-    """The parent's handle on `serve`, run as `python -c` with this process's import path."""
-
-    def __init__(self):
-        import json
-        import subprocess
-        import sys
-
-        code = (
-            "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-            "from harness.benchmarks.scale import serve; serve()"
+    request = {"stage": stage.name, "size": size, "path": str(path), "quick": quick}
+    result = server.measure(request)
+    if "error" in result:
+        raise HarnessError(
+            f"bench scale: stage {stage.name!r} at size {size:,} failed:\n{result['error']}"
         )
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code, json.dumps(sys.path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def measure(self, stage: Stage, size: int, path: Path, quick: bool) -> dict:
-        import json
-
-        from harness.errors import HarnessError
-
-        request = {"stage": stage.name, "size": size, "path": str(path), "quick": quick}
-        self.process.stdin.write(json.dumps(request) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        result = json.loads(line) if line else {"error": "the stage server stopped"}
-        if "error" in result:
-            raise HarnessError(
-                f"bench scale: stage {stage.name!r} at size {size:,} failed:\n{result['error']}"
-            )
-        return result
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is not None and self.process.poll() is None:
-            self.process.kill()
-        self.close()
-        return False
+    return result
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -759,7 +624,12 @@ def run(quick: bool, stages: tuple[Stage, ...] | None = None) -> list[dict]:
     if load is not None:
         print(f"load average before: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)", flush=True)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="isc-bench-scale-") as tmp, StageServer() as server:
+    from harness.benchmarks._fork_server import ForkServer
+
+    with (
+        tempfile.TemporaryDirectory(prefix="isc-bench-scale-") as tmp,
+        ForkServer("harness.benchmarks.scale:measure", PRELOAD) as server,
+    ):
         files = Files(Path(tmp), jpeg_pool(POOL_SIZE[quick]))
         total = sum(len(stage.sizes(quick)) for stage in stages)
         with tqdm(total=total, desc="bench scale", leave=False) as bar:
@@ -769,7 +639,7 @@ def run(quick: bool, stages: tuple[Stage, ...] | None = None) -> list[dict]:
                 for size in sizes:
                     bar.set_postfix_str(f"{stage.name} {size:,}")
                     path = files.for_stage(stage, size)
-                    results.append(server.measure(stage, size, path, quick))
+                    results.append(_measure_in_fork(server, stage, size, path, quick))
                     bar.update(1)
                 rows.append(stage_row(stage, sizes, results))
     return rows
