@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port
+from conftest import free_port, gloo_rank
 from test_methods_support import FakeTrainer, build, context, images, make_batch
 
 from methods import TrainBatch
@@ -74,15 +74,9 @@ def _run(name, world_size: int, rank: int) -> dict:
 
 
 def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with gloo_rank(rank, world_size, port):
         results = {name: _run(name, world_size, rank) for name in CASES}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -9,9 +9,8 @@ import shutil
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import free_port, tiny_run_overrides
+from conftest import free_port, gloo_rank, tiny_run_overrides
 
 from harness.sharding import batch_bounds, my_indices
 
@@ -96,14 +95,8 @@ def _passes(benchmark: str, rank: int, world_size: int) -> dict:
 
 
 def _worker(rank: int, world_size: int, port: int, benchmark: str, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with gloo_rank(rank, world_size, port):
         torch.save(_passes(benchmark, rank, world_size), os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +169,8 @@ def _describe_skipping(benchmark: str, out: str, rank: int, world_size: int) -> 
 
 
 def _skipping_worker(rank: int, world_size: int, port: int, benchmark: str, out: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with gloo_rank(rank, world_size, port):
         _describe_skipping(benchmark, out, rank, world_size)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -217,14 +204,8 @@ def test_two_ranks_describe_as_one_when_batches_lose_bad_images(sharding_benchma
 def _run_worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
     from harness.pipeline import execute_run_dir
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
+    with gloo_rank(rank, world_size, port):
         execute_run_dir(run_dir, progress=False)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
