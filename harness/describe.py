@@ -92,3 +92,19 @@ def extract_descriptors(
         )
     ids = np.asarray(image_set.ids, dtype=str)
     return Descriptors(ids[rows] if len(rows) < n else ids, matrix.astype(np.float32))
+
+
+def described_ground_truth(gt, queries, references, query_descriptors, reference_descriptors):
+    """`gt` without the rows of the `queries` and `references` (ImageSets) that got no descriptor
+    (skipped as bad while decoding, data.skip_bad_images), as the listing's check drops those of
+    the files it skipped. `gt` itself when every image was described (no set of ids is built)."""
+    from harness.data.layout import without_skipped
+
+    def undescribed(images, descriptors) -> set[str]:
+        if len(descriptors.ids) == len(images):
+            return set()
+        return set(images.ids) - set(descriptors.ids.tolist())
+
+    return without_skipped(
+        gt, undescribed(queries, query_descriptors), undescribed(references, reference_descriptors)
+    )

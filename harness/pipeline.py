@@ -28,7 +28,7 @@ from harness.atomic import (
     remove_stale_temporaries,
 )
 from harness.config import RunConfig, config_to_dict
-from harness.describe import extract_descriptors
+from harness.describe import described_ground_truth, extract_descriptors
 from harness.device import apply_thread_budget, dist_info, loader_workers
 from harness.errors import ConfigError
 from harness.monitor import Monitors, preserved_state
@@ -273,18 +273,6 @@ def _extract(method, data: LoadedData, cfg: RunConfig, run_dir: Path, device, pr
     return descriptors
 
 
-def _described_ground_truth(gt, benchmark, descriptors):
-    """`gt` without the rows of queries and references skipped while decoding (they have no
-    descriptor), as the listing's check drops those of files it skipped."""
-    from harness.data.layout import without_skipped
-
-    return without_skipped(
-        gt,
-        set(benchmark.queries.ids) - set(descriptors["query"].ids.tolist()),
-        set(benchmark.references.ids) - set(descriptors["reference"].ids.tolist()),
-    )
-
-
 def _benchmark_block(benchmark, descriptors, gt, skip_log: Path | None) -> dict[str, Any]:
     """The record's benchmark block: the queries and references described (those skipped while
     decoding left out), the ground truth scored, and the images skipped (unique paths of the
@@ -445,7 +433,13 @@ def _execute_run_dir(run_dir: Path, *, progress: bool) -> dict[str, Any]:
         descriptors = _extract(method, data, cfg, run_dir, device, progress and rank == 0)
     if rank != 0:  # rank 0 alone searches, scores and writes the record
         return {}
-    gt = _described_ground_truth(benchmark.ground_truth, benchmark, descriptors)
+    gt = described_ground_truth(
+        benchmark.ground_truth,
+        benchmark.queries,
+        benchmark.references,
+        descriptors["query"],
+        descriptors["reference"],
+    )
     scores = _score(descriptors, gt, cfg, score_norm, run_dir, clock, progress)
     if data.skip_log is not None and data.skip_log.is_file():
         scores.files["skipped_images"] = SKIPPED_IMAGES_FILE

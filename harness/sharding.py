@@ -6,7 +6,8 @@ size. Each batch therefore holds the same images as in a one-process run (so Bat
 mode sees the same batch statistics) and the gathered result equals the one-process result. Every
 rank ends with all rows, in index order; one GPU no longer encodes 2M images while seven wait.
 Descriptor extraction may lose items (bad images skipped while decoding): `gather_kept` gathers the
-rows each rank kept, with their indices, instead of counting on whole batches.
+rows each rank kept, with their indices; `gather_in_order` is the same gather for a pass that lost
+nothing.
 """
 
 from __future__ import annotations
@@ -28,33 +29,19 @@ def my_indices(n: int, batch_size: int, rank: int, world_size: int) -> list[int]
 
 def gather_in_order(
     local: torch.Tensor | None, n: int, batch_size: int, rank: int, world_size: int
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """All ranks' rows (each rank's `local` holds its batches' rows, in order; None for a rank
-    with no batch) as one tensor of n rows in index order, on every rank."""
+    with no batch) as one tensor of n rows in index order, on every rank: `gather_kept` of a pass
+    that lost nothing, each rank's rows being the items of `my_indices`."""
     if world_size == 1:
         return local
-    # A rank without a batch learns the rows' shape and dtype from one that has some.
-    metas = [None] * world_size
-    meta = None if local is None else (tuple(local.shape[1:]), local.dtype, str(local.device))
-    dist.all_gather_object(metas, meta)
-    shape, dtype, device = next(m for m in metas if m is not None)
-    if local is None:
-        local = torch.zeros((0, *shape), dtype=dtype, device=device)
-    counts = [len(my_indices(n, batch_size, r, world_size)) for r in range(world_size)]
-    if local.shape[0] != counts[rank]:
-        raise RuntimeError(f"rank {rank} computed {local.shape[0]} rows, expected {counts[rank]}")
-    padded = local.new_zeros((max(counts), *local.shape[1:]))
-    padded[: counts[rank]] = local
-    parts = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(parts, padded.contiguous())
-    taken = [0] * world_size
-    rows = []
-    for b, (lo, hi) in enumerate(batch_bounds(n, batch_size)):
-        owner = b % world_size
-        rows.append(parts[owner][taken[owner] : taken[owner] + hi - lo])
-        taken[owner] += hi - lo
-    out = torch.cat(rows) if rows else local.new_zeros((0, *local.shape[1:]))
-    if out.shape[0] != n:
+    mine = my_indices(n, batch_size, rank, world_size)
+    computed = 0 if local is None else local.shape[0]
+    if computed != len(mine):
+        raise RuntimeError(f"rank {rank} computed {computed} rows, expected {len(mine)}")
+    indices = None if local is None else torch.tensor(mine, device=local.device)
+    out, _ = gather_kept(local, indices, rank, world_size)
+    if out is not None and out.shape[0] != n:
         raise RuntimeError(f"gathered {out.shape[0]} rows of {n}")
     return out
 
@@ -62,11 +49,11 @@ def gather_in_order(
 def gather_kept(
     local: torch.Tensor | None, indices: torch.Tensor | None, rank: int, world_size: int
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """`gather_in_order` for a pass whose batches may lose items (bad images skipped while
-    decoding, harness/data/datasets.py): each rank's `local` rows come with their item `indices`
-    (None for a rank that kept none), and every rank gets all kept rows in index order with their
-    indices; (None, None) when no rank kept any. No rank can know the others' counts beforehand,
-    so they are exchanged first."""
+    """The rows of a pass whose batches may lose items (bad images skipped while decoding,
+    harness/data/datasets.py): each rank's `local` rows come with their item `indices` (None for a
+    rank that kept none), and every rank gets all kept rows in index order with their indices;
+    (None, None) when no rank kept any. No rank can know the others' counts beforehand, so they are
+    exchanged first, with the rows' shape and dtype (a rank without rows learns them there)."""
     if world_size == 1:
         return local, indices
     metas = [None] * world_size
@@ -87,7 +74,15 @@ def gather_kept(
     index_parts = [torch.empty_like(padded_indices) for _ in range(world_size)]
     dist.all_gather(parts, padded.contiguous())
     dist.all_gather(index_parts, padded_indices)
-    rows = torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
     kept = torch.cat([part[:count] for part, count in zip(index_parts, counts, strict=True)])
+    # Each row is written once, straight to its place in index order: one output the size of
+    # the result (DISC21's QK cache is gigabytes), not a concatenation and then a reordered copy.
     order = torch.argsort(kept)
-    return rows[order], kept[order]
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order), device=order.device)
+    out = local.new_empty((len(kept), *local.shape[1:]))
+    start = 0
+    for part, count in zip(parts, counts, strict=True):
+        out[position[start : start + count]] = part[:count]
+        start += count
+    return out, kept[order]

@@ -92,8 +92,7 @@ class Validator:
         self.skip_log = skip_log  # the run's skipped-images file (data.skip_bad_images)
 
     def __call__(self, method) -> dict[str, float]:
-        from harness.data.layout import without_skipped
-        from harness.describe import extract_descriptors
+        from harness.describe import described_ground_truth, extract_descriptors
         from harness.isc import evaluate_descriptors
 
         started = time.perf_counter()
@@ -114,10 +113,8 @@ class Validator:
             )
         )
         # Images skipped as bad (data.skip_bad_images) have no descriptor: nor ground-truth rows.
-        gt = without_skipped(
-            self.split.ground_truth,
-            set(self.split.queries.ids) - set(query.ids.tolist()),
-            set(self.split.references.ids) - set(reference.ids.tolist()),
+        gt = described_ground_truth(
+            self.split.ground_truth, self.split.queries, self.split.references, query, reference
         )
         _, metrics = evaluate_descriptors(
             gt,

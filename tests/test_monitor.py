@@ -221,7 +221,6 @@ def test_qk_cache_is_exact_within_a_phase_and_the_measure_can_fail(tiny_benchmar
 
 def test_qk_measure_sees_a_frozen_side_that_moved(tiny_benchmark):
     from harness.pipeline import load_data
-    from methods.base import TrainContext
 
     cfg = config("qk", data=tiny_benchmark)
     data = load_data(cfg)
@@ -229,9 +228,7 @@ def test_qk_measure_sees_a_frozen_side_that_moved(tiny_benchmark):
     trainer = Trainer(
         method, data.train_data, cfg.train, seed=0, run_dir="/nonexistent", progress=False
     )
-    method.on_train_start(
-        TrainContext(encode_training_set=trainer.encode_training_set, total_steps=6), 0
-    )
+    method.on_train_start(trainer.context, 0)
     from harness.monitor import negative_probe
 
     assert method.stale_negatives(negative_probe(trainer, 1, 2))["consistency"] == pytest.approx(

@@ -78,12 +78,6 @@ QUICK = Setting(
 POOL = 32  # distinct preloaded images; item i uses pool[i % POOL]
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _run_config(method: str, setting: Setting):
     """The method's resolved protocol config at the benchmark's sizes."""
     overrides = [
@@ -287,7 +281,6 @@ def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
     import torch
 
     from harness.train import Trainer
-    from methods.base import TrainContext
 
     cfg = _run_config("qk", setting)
     data = _preloaded_data(setting, cfg.train.n_views)
@@ -302,9 +295,6 @@ def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
         progress=False,
     )
     method.to(device)
-    context = TrainContext(
-        encode_training_set=trainer.encode_training_set, total_steps=1000, progress=False
-    )
     backbone = method.key.backbone.eval()
     batch = cfg.method_config.cache_batch_size or 2 * cfg.train.batch_size
     pool = _pool(setting).to(device)
@@ -317,7 +307,7 @@ def _phase_start_row(setting: Setting, device, workdir: Path) -> dict:
 
     ours, bare = [], []
     for _ in range(2):
-        ours.append(timed(lambda: method.on_train_start(context, 0))[1])
+        ours.append(timed(lambda: method.on_train_start(trainer.context, 0))[1])
         bare.append(timed(bare_forward)[1])
     seconds, reference = statistics.median(ours), statistics.median(bare)
     cache = method.costs()["cache"]
@@ -455,8 +445,10 @@ def _extract_row(setting: Setting, device, images) -> dict:
 def run(quick: bool, protocol: Protocol | None = None) -> list[dict]:
     from tqdm import tqdm
 
+    from harness.pipeline import pick_device
+
     setting = setting_for(quick, protocol)
-    device = _device()
+    device = pick_device("auto")  # a run's default: the GPU when there is one
     rows = []
     with tempfile.TemporaryDirectory(prefix="isc-bench-methods-") as tmp:
         workdir = Path(tmp)

@@ -38,12 +38,6 @@ NAIVE_HEAD_MAX = 100_000  # the naive head at 1M needs ~10 GB; skipped beyond th
 TARGET_PERCENT = 70.0
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _matmul_gflops(dtype, device, repeat: int = 2) -> float:
     """The rate of a large square matmul in `dtype`, best of `repeat`."""
     import torch
@@ -140,10 +134,11 @@ def run(quick: bool, protocol: Protocol | None = None) -> list[dict]:
     import torch.nn.functional as F
     from tqdm import tqdm
 
+    from harness.pipeline import pick_device
     from methods.backbone import build_head
     from methods.losses import bank_info_nce, naive_info_nce
 
-    device = _device()
+    device = pick_device("auto")  # a run's default: the GPU when there is one
     shape = shape_for(protocol)
     batch, dim, features = shape.batch, shape.dim, shape.features
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}

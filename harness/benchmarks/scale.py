@@ -164,12 +164,6 @@ def _config(method: str, quick: bool, *overrides: str):
     return Protocol().resolve(method, [*(QUICK_MODEL if quick else MODEL), *overrides])
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _random_descriptors(n: int, dim: int, prefix: str, seed: int):
     import numpy as np
 
@@ -221,10 +215,10 @@ def _full(size: int, path: Path, quick: bool) -> Callable[[], object]:
 def _extract(size: int, path: Path, quick: bool) -> Callable[[], object]:
     from harness.data import load_benchmark
     from harness.describe import extract_descriptors
-    from harness.pipeline import build_method
+    from harness.pipeline import build_method, pick_device
 
     cfg = _config("simclr", quick)
-    device = _device()
+    device = pick_device("auto")  # a run's default: the GPU when there is one
     references = load_benchmark(path, check_images=False).references
     method = build_method(cfg, size, device).to(device).eval()
     return lambda: extract_descriptors(
@@ -235,12 +229,11 @@ def _extract(size: int, path: Path, quick: bool) -> Callable[[], object]:
 def _cache(size: int, path: Path, quick: bool) -> Callable[[], object]:
     import torch
 
-    from harness.pipeline import build_method, load_data
+    from harness.pipeline import build_method, load_data, pick_device
     from harness.train import Trainer
-    from methods.base import TrainContext
 
     cfg = _config("qk", quick, f"data.spec={path}")
-    device = _device()
+    device = pick_device("auto")  # a run's default: the GPU when there is one
     data = load_data(cfg)
     method = build_method(cfg, len(data.benchmark.training), device)
     trainer = Trainer(  # its run directory is only written by fit and save_checkpoint
@@ -253,13 +246,10 @@ def _cache(size: int, path: Path, quick: bool) -> Callable[[], object]:
         progress=False,
     )
     method.to(device)
-    context = TrainContext(
-        encode_training_set=trainer.encode_training_set, total_steps=1_000, progress=False
-    )
 
     def work():
         method.cache = torch.empty(0)  # the previous run's cache is not an input
-        method.on_train_start(context, 0)
+        method.on_train_start(trainer.context, 0)
 
     return work
 
@@ -269,12 +259,12 @@ def _qk_step(size: int, path: Path, quick: bool) -> Callable[[], object]:
 
     from harness.benchmarks.methods import PreloadedImages, PreloadedStream
     from harness.device import batch_to_device
-    from harness.pipeline import build_method
+    from harness.pipeline import build_method, pick_device
     from harness.train import TrainData, Trainer
     from methods.base import TrainContext
 
     cfg = _config("qk", quick)
-    device = _device()
+    device = pick_device("auto")  # a run's default: the GPU when there is one
     side, batch_size = cfg.model.image_size, cfg.train.batch_size
     pool = torch.randn(8, 3, side, side, generator=torch.Generator().manual_seed(0))
     data = TrainData(
